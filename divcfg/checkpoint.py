@@ -1,0 +1,102 @@
+"""Checkpoints: a folder holding ``model.safetensors`` + ``config.json`` (+ optional
+``training_state.pt`` for resuming), written atomically.
+
+Atomicity: everything is written into ``<dir>.tmp-<pid>``; the old folder (if any) is renamed
+to ``<dir>.old`` and the new one renamed into place, then ``.old`` is removed. A crash at any
+point leaves either the old or the new checkpoint loadable (``load_checkpoint`` falls back to
+``<dir>.old`` when ``<dir>`` is missing).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from divcfg.errors import UserError
+
+MODEL_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+STATE_FILE = "training_state.pt"
+
+
+def save_checkpoint(path: str | os.PathLike, state_dict: dict[str, torch.Tensor], config: dict,
+                    training_state: dict | None = None) -> Path:
+    """Write a checkpoint folder atomically. ``config`` must be JSON-serialisable and should hold
+    ``kind`` (e.g. "generator"), the architecture, and provenance."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
+    save_file(tensors, str(tmp / MODEL_FILE))
+    with open(tmp / CONFIG_FILE, "w") as f:
+        json.dump(config, f, indent=2, default=str)
+    if training_state is not None:
+        torch.save(training_state, tmp / STATE_FILE)
+    for p in tmp.iterdir():
+        with open(p, "rb") as f:
+            os.fsync(f.fileno())
+    old = path.with_name(path.name + ".old")
+    if old.exists():
+        shutil.rmtree(old)
+    if path.exists():
+        os.replace(path, old)
+    os.replace(tmp, path)
+    if old.exists():
+        shutil.rmtree(old)
+    return path
+
+
+def _resolve(path: Path) -> Path:
+    if (path / MODEL_FILE).exists():
+        return path
+    old = path.with_name(path.name + ".old")
+    if not path.exists() and (old / MODEL_FILE).exists():
+        return old
+    if not path.exists():
+        raise UserError(f"checkpoint '{path}' not found: check the path, or train it first "
+                        f"(e.g. `divcfg pretrain`)")
+    raise UserError(f"'{path}' is not a divcfg checkpoint (no {MODEL_FILE} inside): "
+                    f"point --checkpoint at a folder written by divcfg")
+
+
+def load_checkpoint(path: str | os.PathLike, kind: str | None = None
+                    ) -> tuple[dict[str, torch.Tensor], dict]:
+    """Read ``(state_dict, config)``; a missing or corrupt checkpoint raises a one-line UserError."""
+    path = _resolve(Path(path))
+    try:
+        with open(path / CONFIG_FILE) as f:
+            config = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"checkpoint '{path}' has an unreadable {CONFIG_FILE} ({e.__class__.__name__}): "
+                        f"it is corrupt, retrain or restore it") from None
+    if kind is not None and config.get("kind") != kind:
+        raise UserError(f"checkpoint '{path}' holds a {config.get('kind')!r}, not a {kind!r}: "
+                        f"pass the right checkpoint folder")
+    try:
+        state = load_file(str(path / MODEL_FILE))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise UserError(f"checkpoint '{path}/{MODEL_FILE}' is corrupt ({str(e).splitlines()[0][:80]}): "
+                        f"retrain it or resume from an earlier checkpoint") from None
+    return state, config
+
+
+def load_training_state(path: str | os.PathLike) -> dict | None:
+    """The optimizer/scheduler/RNG state saved beside a checkpoint, or None if there is none."""
+    path = _resolve(Path(path))
+    f = path / STATE_FILE
+    if not f.exists():
+        return None
+    try:
+        return torch.load(f, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means a corrupt file
+        raise UserError(f"'{f}' is corrupt ({e.__class__.__name__}): delete it to restart "
+                        f"from the weights, or retrain") from None

@@ -1,0 +1,74 @@
+"""The one ``divcfg`` command. Each subcommand lives in its own module, which provides
+
+    add_arguments(parser: argparse.ArgumentParser) -> None
+    run(args: argparse.Namespace) -> None
+
+Modules are imported lazily so that ``divcfg --help`` is fast and a broken optional stage
+cannot break the others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from divcfg.errors import UserError
+
+# subcommand -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "data": ("divcfg.music.corpus", "build the training set from music21's bundled corpus"),
+    "pretrain": ("divcfg.pretrain", "train the text-conditioned base music transformer"),
+    "sample": ("divcfg.sample", "sample MIDI/WAV from a checkpoint, with or without CFG"),
+    "embedder": ("divcfg.embedders.diversity_cli", "train/evaluate the diversity embedder E"),
+    "scorer": ("divcfg.embedders.alignment_cli", "train/evaluate the text-music alignment scorer"),
+    "finetune": ("divcfg.finetune", "on-policy CFG distillation with a diversity reward"),
+    "merge": ("divcfg.merging", "interpolate two checkpoints: (1-lam)*A + lam*B"),
+    "evaluate": ("divcfg.evaluation", "quality-diversity evaluation of systems on held-out prompts"),
+    "report": ("divcfg.report", "render the HTML report of an evaluation run"),
+    "demo": ("divcfg.demo", "the whole pipeline on the embedded music21 testbed"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="divcfg", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as e:
+            if e.name and e.name.startswith("divcfg"):
+                p.set_defaults(_missing=module_name)
+                continue
+            raise
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    if getattr(args, "_missing", None):
+        print(f"error: `divcfg {args.command}` is not available in this version", file=sys.stderr)
+        return 2
+    try:
+        args._run(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: the last checkpoint written is kept; rerun with --resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

