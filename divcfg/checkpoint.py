@@ -26,9 +26,11 @@ STATE_FILE = "training_state.pt"
 
 
 def save_checkpoint(path: str | os.PathLike, state_dict: dict[str, torch.Tensor], config: dict,
-                    training_state: dict | None = None) -> Path:
+                    training_state: dict | None = None,
+                    extra_files: dict[str, str | os.PathLike] | None = None) -> Path:
     """Write a checkpoint folder atomically. ``config`` must be JSON-serialisable and should hold
-    ``kind`` (e.g. "generator"), the architecture, and provenance."""
+    ``kind`` (e.g. "generator"), the architecture, and provenance. ``extra_files`` maps a name
+    inside the folder to a file to copy there (e.g. the tokenizer's ``tokenizer.json``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
@@ -41,6 +43,8 @@ def save_checkpoint(path: str | os.PathLike, state_dict: dict[str, torch.Tensor]
         json.dump(config, f, indent=2, default=str)
     if training_state is not None:
         torch.save(training_state, tmp / STATE_FILE)
+    for name, src in (extra_files or {}).items():
+        shutil.copyfile(src, tmp / name)
     for p in tmp.iterdir():
         with open(p, "rb") as f:
             os.fsync(f.fileno())
@@ -55,9 +59,17 @@ def save_checkpoint(path: str | os.PathLike, state_dict: dict[str, torch.Tensor]
     return path
 
 
+RUN_SUBDIR = "checkpoint"
+
+
 def _resolve(path: Path) -> Path:
+    """A checkpoint folder, or a run folder holding one in ``checkpoint/``."""
     if (path / MODEL_FILE).exists():
         return path
+    if (path / RUN_SUBDIR / MODEL_FILE).exists() or (path / (RUN_SUBDIR + ".old") / MODEL_FILE).exists():
+        path = path / RUN_SUBDIR
+        if (path / MODEL_FILE).exists():
+            return path
     old = path.with_name(path.name + ".old")
     if not path.exists() and (old / MODEL_FILE).exists():
         return old
@@ -87,6 +99,11 @@ def load_checkpoint(path: str | os.PathLike, kind: str | None = None
         raise UserError(f"checkpoint '{path}/{MODEL_FILE}' is corrupt ({str(e).splitlines()[0][:80]}): "
                         f"retrain it or resume from an earlier checkpoint") from None
     return state, config
+
+
+def resolve_checkpoint_dir(path: str | os.PathLike) -> Path:
+    """The folder that actually holds the checkpoint files (one-line error if none)."""
+    return _resolve(Path(path))
 
 
 def load_training_state(path: str | os.PathLike) -> dict | None:

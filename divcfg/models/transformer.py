@@ -1,0 +1,191 @@
+"""The built-in text-to-music generator: a small decoder-only transformer (nanoGPT-like) whose
+text condition is a prefix.
+
+Sequence layout (positions 0..P+T-1)::
+
+    [c_1 .. c_P] [BOS] y_1 ... y_L [EOS] [PAD ...]
+
+The prefix ``c = W2·gelu(W1·e(x))`` reshaped to ``P × d`` is a projection of the frozen MiniLM
+sentence embedding ``e(x) ∈ R^384``. The unconditional model ``p(y | ∅)`` uses a learned null
+prefix ``c_∅ ∈ R^{P×d}`` instead; during pre-training each row's condition is replaced by ``c_∅``
+with probability ``cond_dropout`` (condition dropout), so one network gives both the conditional
+and the unconditional distributions that classifier-free guidance mixes.
+
+``forward(tokens, cond, null_mask)`` returns logits for the token positions only:
+``logits[:, t]`` is the distribution of ``tokens[:, t+1]``.
+``forward_step`` runs the same network incrementally with a preallocated KV cache.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from divcfg.embedders.text import TEXT_DIM
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 300
+    n_layer: int = 4
+    n_head: int = 4
+    d_model: int = 256
+    n_prefix: int = 4
+    max_len: int = 640  # token positions (BOS + generation + EOS), prefix excluded
+    cond_dim: int = TEXT_DIM
+    dropout: float = 0.1
+    pad_id: int = 0
+    bos_id: int = 1
+    eos_id: int = 2
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+
+@dataclass
+class KVCache:
+    """Preallocated keys/values for every layer: ``k[l], v[l]`` of shape (B, H, P+max_len, hd)."""
+    k: list[torch.Tensor]
+    v: list[torch.Tensor]
+    pos: int = 0  # number of positions already written
+
+    @classmethod
+    def empty(cls, cfg: ModelConfig, batch: int, device, dtype) -> "KVCache":
+        hd = cfg.d_model // cfg.n_head
+        shape = (batch, cfg.n_head, cfg.n_prefix + cfg.max_len, hd)
+        return cls([torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)],
+                   [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)])
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_head = cfg.n_head
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model)
+        self.dropout = cfg.dropout
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        p = self.dropout if self.training else 0.0
+        if cache is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p)
+        else:
+            start = cache.pos
+            cache.k[layer][:, :, start:start + T] = k.to(cache.k[layer].dtype)
+            cache.v[layer][:, :, start:start + T] = v.to(cache.v[layer].dtype)
+            keys = cache.k[layer][:, :, :start + T].to(q.dtype)
+            vals = cache.v[layer][:, :, :start + T].to(q.dtype)
+            if T == 1:
+                y = F.scaled_dot_product_attention(q, keys, vals)
+            else:  # prefill of T positions after `start` cached ones: causal within the block
+                mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(diagonal=start)
+                y = F.scaled_dot_product_attention(q, keys, vals, attn_mask=mask)
+        return self.proj(y.transpose(1, 2).reshape(B, T, C))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(cfg.d_model)
+        self.attn = SelfAttention(cfg)
+        self.ln2 = nn.LayerNorm(cfg.d_model)
+        self.mlp = nn.Sequential(nn.Linear(cfg.d_model, 4 * cfg.d_model), nn.GELU(),
+                                 nn.Linear(4 * cfg.d_model, cfg.d_model), nn.Dropout(cfg.dropout))
+
+    def forward(self, x, cache=None, layer=0):
+        x = x + self.attn(self.ln1(x), cache, layer)
+        return x + self.mlp(self.ln2(x))
+
+
+class MusicTransformer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.d_model
+        self.cond_proj = nn.Sequential(nn.Linear(cfg.cond_dim, d), nn.GELU(), nn.Linear(d, cfg.n_prefix * d))
+        self.null_prefix = nn.Parameter(torch.randn(cfg.n_prefix, d) * 0.02)
+        self.tok_emb = nn.Embedding(cfg.vocab_size, d)
+        self.pos_emb = nn.Embedding(cfg.n_prefix + cfg.max_len, d)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)])
+        self.ln_f = nn.LayerNorm(d)
+        self.head = nn.Linear(d, cfg.vocab_size, bias=False)
+        self.head.weight = self.tok_emb.weight  # weight tying, as in nanoGPT
+        self.apply(self._init)
+        for name, p in self.named_parameters():
+            if name.endswith("proj.weight") and "cond_proj" not in name:
+                nn.init.normal_(p, 0.0, 0.02 / math.sqrt(2 * cfg.n_layer))
+
+    @staticmethod
+    def _init(m):
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def prefix(self, cond: torch.Tensor | None, null_mask: torch.Tensor | None, batch: int) -> torch.Tensor:
+        """(B, P, d) prefix: projected condition, or the learned null where ``null_mask`` is True."""
+        P, d = self.cfg.n_prefix, self.cfg.d_model
+        null = self.null_prefix.unsqueeze(0).expand(batch, P, d)
+        if cond is None:
+            return null
+        c = self.cond_proj(cond.to(self.null_prefix.dtype)).view(batch, P, d)
+        if null_mask is None:
+            return c
+        return torch.where(null_mask.view(batch, 1, 1), null.to(c.dtype), c)
+
+    def _embed(self, tokens: torch.Tensor, start: int) -> torch.Tensor:
+        T = tokens.shape[1]
+        pos = torch.arange(start, start + T, device=tokens.device)
+        return self.tok_emb(tokens) + self.pos_emb(pos)
+
+    def forward(self, tokens: torch.Tensor, cond: torch.Tensor | None = None,
+                null_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B, T, V) for token positions; ``logits[:, t]`` predicts ``tokens[:, t+1]``."""
+        B, T = tokens.shape
+        P = self.cfg.n_prefix
+        if T > self.cfg.max_len:
+            raise ValueError(f"sequence of {T} tokens exceeds max_len={self.cfg.max_len}")
+        pre = self.prefix(cond, null_mask, B) + self.pos_emb.weight[:P]
+        x = self.drop(torch.cat([pre, self._embed(tokens, P)], dim=1))
+        for i, blk in enumerate(self.blocks):
+            x = blk(x)
+        return self.head(self.ln_f(x[:, P:]))
+
+    def new_cache(self, batch: int, dtype: torch.dtype | None = None) -> KVCache:
+        p = self.null_prefix
+        return KVCache.empty(self.cfg, batch, p.device, dtype or p.dtype)
+
+    def forward_step(self, tokens: torch.Tensor, cache: KVCache, cond: torch.Tensor | None = None,
+                     null_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Incremental forward. On an empty cache the prefix is prepended (prefill); returns the
+        logits (B, V) of the next token after the last of ``tokens``."""
+        B, T = tokens.shape
+        P = self.cfg.n_prefix
+        if cache.pos == 0:
+            pre = self.prefix(cond, null_mask, B) + self.pos_emb.weight[:P]
+            x = torch.cat([pre, self._embed(tokens, P)], dim=1)
+        else:
+            x = self._embed(tokens, cache.pos)
+        if cache.pos + x.shape[1] > P + self.cfg.max_len:
+            raise ValueError(f"KV cache full: max_len={self.cfg.max_len} tokens")
+        for i, blk in enumerate(self.blocks):
+            x = blk(x, cache, i)
+        cache.pos += x.shape[1]
+        return self.head(self.ln_f(x[:, -1]))
