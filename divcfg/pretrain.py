@@ -1,0 +1,276 @@
+"""`divcfg pretrain`: train the base text-to-music transformer with condition dropout.
+
+Objective (per token, teacher forcing): ``NLL = -1/N Σ_t log p_θ(y_t | c, y_<t)`` where the
+condition ``c`` is the row's caption embedding, replaced by the learned null with probability
+``cond_dropout`` so the same weights also learn ``p_θ(y | ∅)`` for classifier-free guidance.
+Validation reports both the conditional and the unconditional NLL; their gap is how much the
+model uses the prompt.
+
+The learning rate follows warm-up then cosine decay over training *progress*, defined as
+``max(step / max_steps, elapsed / max_minutes)``, so a time-boxed run still decays fully.
+Checkpoints are atomic; ``--resume`` restores weights, optimizer, RNG, step and elapsed time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from divcfg.checkpoint import load_training_state
+from divcfg.config import add_config_arguments, field, resolve_config
+from divcfg.errors import UserError
+from divcfg.models.generator import load_generator, save_generator
+from divcfg.models.transformer import ModelConfig, MusicTransformer
+from divcfg.prompts import check_data_dir, embed_texts
+from divcfg.provenance import file_hash, provenance, seed_everything
+
+
+@dataclass
+class PretrainConfig:
+    data_dir: str = field("data/small", "data set folder written by `divcfg data`")
+    out: str = field("runs/small/base", "run folder (checkpoint/ and metrics.jsonl go inside)")
+    seed: int = field(0, "random seed")
+    n_layer: int = field(4, "transformer layers")
+    n_head: int = field(4, "attention heads")
+    d_model: int = field(256, "model width")
+    n_prefix: int = field(4, "number of prefix positions the text condition is projected to")
+    dropout: float = field(0.1, "dropout inside the transformer")
+    cond_dropout: float = field(0.2, "probability of replacing a row's condition by the learned null")
+    max_len: int = field(640, "maximum token positions (BOS + piece + EOS); longer pieces are cropped")
+    batch_size: int = field(32, "pieces per step")
+    lr: float = field(1e-3, "peak learning rate (AdamW)")
+    weight_decay: float = field(0.1, "AdamW weight decay on matrices")
+    warmup_steps: int = field(100, "linear warm-up steps")
+    max_steps: int = field(6000, "stop after this many steps")
+    max_minutes: float = field(10.0, "stop after this much wall time (0 = no limit)")
+    grad_clip: float = field(1.0, "gradient-norm clip")
+    eval_every: int = field(250, "validate every N steps")
+    eval_pieces: int = field(256, "validation pieces per evaluation")
+    ckpt_every: int = field(500, "checkpoint every N steps")
+    bf16: bool = field(True, "bf16 autocast on CPUs that support it")
+    threads: int = field(0, "torch CPU threads (0 = all cores)")
+    preset: str = field("small", "preset this config came from (informational)")
+
+
+PRESETS: dict[str, dict] = {
+    "tiny": dict(data_dir="data/tiny", out="runs/tiny/base", n_layer=2, n_head=2, d_model=64, n_prefix=2,
+                 batch_size=16, max_steps=150, max_minutes=2.0, eval_every=50, eval_pieces=64,
+                 ckpt_every=50, warmup_steps=20, lr=2e-3, preset="tiny"),
+    "demo": dict(data_dir="data/small", out="runs/demo/base", max_minutes=5.0, preset="demo"),
+    "small": dict(),
+    "full": dict(data_dir="data/full", out="runs/full/base", n_layer=6, n_head=8, d_model=384,
+                 max_minutes=120.0, max_steps=40000, batch_size=48, lr=6e-4, ckpt_every=1000,
+                 preset="full"),
+}
+
+
+def bf16_supported() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+class PieceBatcher:
+    """Random batches of ``[BOS] piece [EOS]`` rows (PAD-padded) with a random caption variant each."""
+
+    def __init__(self, pieces: list[dict], cond_table: torch.Tensor, caption_index: list[list[int]],
+                 ids: dict, max_len: int):
+        self.pieces, self.cond_table, self.caption_index = pieces, cond_table, caption_index
+        self.pad, self.bos, self.eos = ids["pad"], ids["bos"], ids["eos"]
+        self.max_len = max_len
+
+    def rows(self, idx: list[int], rng: random.Random) -> tuple[torch.Tensor, torch.Tensor]:
+        seqs = []
+        for i in idx:
+            toks = self.pieces[i]["tokens"]
+            body = toks[: self.max_len - 2]
+            seqs.append([self.bos] + body + ([self.eos] if len(body) == len(toks) else []))
+        T = max(len(s) for s in seqs)
+        x = torch.full((len(seqs), T), self.pad, dtype=torch.long)
+        for r, s in enumerate(seqs):
+            x[r, : len(s)] = torch.tensor(s)
+        cond = self.cond_table[[rng.choice(self.caption_index[i]) for i in idx]]
+        return x, cond
+
+
+def token_nll(model: MusicTransformer, x: torch.Tensor, cond: torch.Tensor | None,
+              null_mask: torch.Tensor | None, pad_id: int) -> torch.Tensor:
+    logits = model(x[:, :-1], cond, null_mask)
+    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1), ignore_index=pad_id)
+
+
+def _caption_table(splits: dict[str, list[dict]]) -> tuple[torch.Tensor, dict[str, list[list[int]]]]:
+    texts: list[str] = []
+    where: dict[str, int] = {}
+    index: dict[str, list[list[int]]] = {}
+    for name, pieces in splits.items():
+        index[name] = []
+        for p in pieces:
+            row = []
+            for c in p["captions"]:
+                if c not in where:
+                    where[c] = len(texts)
+                    texts.append(c)
+                row.append(where[c])
+            index[name].append(row)
+    return embed_texts(texts), index
+
+
+@torch.no_grad()
+def validate(model, batcher: PieceBatcher, n: int, batch_size: int, autocast: bool) -> dict[str, float]:
+    model.eval()
+    rng = random.Random(0)
+    idx = list(range(min(n, len(batcher.pieces))))
+    tot_c = tot_u = 0.0
+    count = 0
+    for s in range(0, len(idx), batch_size):
+        b = idx[s: s + batch_size]
+        x, cond = batcher.rows(b, rng)
+        cond = batcher.cond_table[[batcher.caption_index[i][0] for i in b]]
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            tot_c += token_nll(model, x, cond, None, batcher.pad).item() * len(b)
+            tot_u += token_nll(model, x, None, None, batcher.pad).item() * len(b)
+        count += len(b)
+    model.train()
+    return {"val/nll_cond": tot_c / count, "val/nll_uncond": tot_u / count,
+            "val/cond_gain": (tot_u - tot_c) / count}
+
+
+def train(cfg: PretrainConfig, resume: bool = False) -> Path:
+    from divcfg.music.corpus import load_split
+    from divcfg.music.tokenizer import load_tokenizer, special_ids
+
+    data_dir = check_data_dir(cfg.data_dir)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out)
+    ckpt_dir = out / "checkpoint"
+    seed_everything(cfg.seed)
+    tok = load_tokenizer(data_dir)
+    ids = special_ids(tok)
+    splits = {"train": load_split(data_dir, "train"), "val": load_split(data_dir, "val")}
+    if not splits["train"] or not splits["val"]:
+        raise UserError(f"data set '{data_dir}' has an empty train or val split: rebuild it with `divcfg data --force`")
+    cond_table, caption_index = _caption_table(splits)
+    train_b = PieceBatcher(splits["train"], cond_table, caption_index["train"], ids, cfg.max_len)
+    val_b = PieceBatcher(splits["val"], cond_table, caption_index["val"], ids, cfg.max_len)
+
+    mcfg = ModelConfig(vocab_size=len(tok), n_layer=cfg.n_layer, n_head=cfg.n_head, d_model=cfg.d_model,
+                       n_prefix=cfg.n_prefix, max_len=cfg.max_len, dropout=cfg.dropout,
+                       pad_id=ids["pad"], bos_id=ids["bos"], eos_id=ids["eos"])
+    rng = random.Random(cfg.seed)
+    step, elapsed = 0, 0.0
+    if resume and (ckpt_dir / "model.safetensors").exists():
+        model, old = load_generator(ckpt_dir)
+        model.train()
+        state = load_training_state(ckpt_dir)
+        if state is None:
+            raise UserError(f"'{ckpt_dir}' has no training state to resume from: start a new run with another --out")
+    else:
+        if resume:
+            print(f"no checkpoint in '{ckpt_dir}' yet: starting from scratch")
+        model, state = MusicTransformer(mcfg), None
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
+    if state is not None:
+        opt.load_state_dict(state["optimizer"])
+        step, elapsed = state["step"], state["elapsed"]
+        rng.setstate(state["python_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        print(f"resuming from step {step} ({elapsed / 60:.1f} min done)")
+
+    autocast = cfg.bf16 and bf16_supported()
+    manifest_hash = file_hash(data_dir / "manifest.json")
+    record = {"pretrain": dataclasses.asdict(cfg), "bf16": autocast, "data_manifest_hash": manifest_hash,
+              "data_dir": str(data_dir), "parameters": model.num_parameters()}
+    out.mkdir(parents=True, exist_ok=True)
+    metrics_f = open(out / "metrics.jsonl", "a")
+
+    def progress() -> float:
+        p = step / cfg.max_steps
+        if cfg.max_minutes > 0:
+            p = max(p, elapsed / (cfg.max_minutes * 60))
+        return p
+
+    def lr_at() -> float:
+        if step < cfg.warmup_steps:
+            return cfg.lr * (step + 1) / cfg.warmup_steps
+        return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress(), 1.0))))
+
+    def save(val: dict | None):
+        conf = {**record, "step": step, "elapsed_s": elapsed, "val": val,
+                "provenance": provenance(cfg.seed, stage="pretrain")}
+        ts = {"optimizer": opt.state_dict(), "step": step, "elapsed": elapsed,
+              "python_rng": rng.getstate(), "torch_rng": torch.get_rng_state()}
+        save_generator(ckpt_dir, model, conf, data_dir / "tokenizer.json", ts)
+
+    print(f"model: {model.num_parameters() / 1e6:.2f}M parameters, vocab {len(tok)}, bf16={autocast}, "
+          f"{len(splits['train'])} train / {len(splits['val'])} val pieces")
+    model.train()
+    val = None
+    bar = tqdm(total=cfg.max_steps, initial=step, desc="pretrain", dynamic_ncols=True)
+    tokens_seen, t_last = 0, time.time()
+    while step < cfg.max_steps and progress() < 1.0:
+        t0 = time.time()
+        idx = [rng.randrange(len(train_b.pieces)) for _ in range(cfg.batch_size)]
+        x, cond = train_b.rows(idx, rng)
+        null_mask = torch.rand(len(idx)) < cfg.cond_dropout
+        for g in opt.param_groups:
+            g["lr"] = lr_at()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            loss = token_nll(model, x, cond, null_mask, ids["pad"])
+        if not torch.isfinite(loss):
+            raise UserError(f"loss became {loss.item()} at step {step}: lower --lr and rerun with --resume "
+                            f"(the last checkpoint is kept)")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        step += 1
+        elapsed += time.time() - t0
+        n_tok = int((x[:, 1:] != ids["pad"]).sum())
+        tokens_seen += n_tok
+        if step % 10 == 0:
+            tps = tokens_seen / max(time.time() - t_last, 1e-9)
+            tokens_seen, t_last = 0, time.time()
+            bar.set_postfix(loss=f"{loss.item():.3f}", tok_s=f"{tps:.0f}", lr=f"{lr_at():.1e}")
+            metrics_f.write(json.dumps({"step": step, "train/nll": loss.item(), "grad_norm": float(gnorm),
+                                        "lr": lr_at(), "tokens_per_s": tps, "elapsed_s": elapsed}) + "\n")
+        if step % cfg.eval_every == 0:
+            val = validate(model, val_b, cfg.eval_pieces, cfg.batch_size, autocast)
+            metrics_f.write(json.dumps({"step": step, **val}) + "\n")
+            metrics_f.flush()
+            bar.write(f"step {step}: val nll cond {val['val/nll_cond']:.3f} uncond {val['val/nll_uncond']:.3f}")
+        if step % cfg.ckpt_every == 0:
+            save(val)
+        bar.update(1)
+    bar.close()
+    val = validate(model, val_b, cfg.eval_pieces, cfg.batch_size, autocast)
+    metrics_f.write(json.dumps({"step": step, **val}) + "\n")
+    metrics_f.close()
+    save(val)
+    print(f"done: step {step}, {elapsed / 60:.1f} min, val nll cond {val['val/nll_cond']:.3f} "
+          f"uncond {val['val/nll_uncond']:.3f} -> {ckpt_dir}")
+    return ckpt_dir
+
+
+def add_arguments(parser) -> None:
+    add_config_arguments(parser, PretrainConfig, PRESETS, skip=("preset",))
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+
+
+def run(args) -> None:
+    cfg = resolve_config(PretrainConfig, args, PRESETS, default_preset="small")
+    train(cfg, resume=args.resume)
