@@ -63,13 +63,13 @@ def add_arguments(parser) -> None:
 
 def run(args) -> None:
     from divcfg.music.render import write_midi, write_wav
-    from divcfg.music.tokenizer import load_tokenizer_file, tokens_to_score
+    from divcfg.music.tokenizer import load_tokenizer, tokens_to_score
 
     if args.temperature <= 0:
         raise UserError(f"--temperature must be > 0, got {args.temperature}")
     rows, config = generate(args.checkpoint, args.prompt, args.gamma, args.num_samples, args.temperature,
                             args.top_k, args.top_p, args.seed, args.max_new_tokens, args.cfg_mode)
-    tok = load_tokenizer_file(tokenizer_path(config))
+    tok = load_tokenizer(tokenizer_path(config))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     wav_ok = None
