@@ -74,8 +74,10 @@ def _autocast(enabled: bool):
 @torch.no_grad()
 def sample(model, cond: torch.Tensor, *, max_new_tokens: int, temperature: float = 1.0, top_k: int = 0,
            top_p: float = 1.0, gamma: float = 1.0, cfg_mode: str = "batched", use_cache: bool = True,
-           generator: torch.Generator | None = None, autocast: bool = False) -> SampleOutput:
-    """Sample ``B = cond.shape[0]`` continuations of ``[BOS]`` (one per condition row)."""
+           generator: torch.Generator | None = None, autocast: bool = False,
+           min_new_tokens: int = 0) -> SampleOutput:
+    """Sample ``B = cond.shape[0]`` continuations of ``[BOS]`` (one per condition row).
+    EOS is forbidden before ``min_new_tokens`` tokens (as in Hugging Face generation)."""
     if cfg_mode not in CFG_MODES:
         raise ValueError(f"cfg_mode must be one of {CFG_MODES}, got {cfg_mode!r}")
     cfg = model.cfg
@@ -122,6 +124,8 @@ def sample(model, cond: torch.Tensor, *, max_new_tokens: int, temperature: float
             lc, lu = next_logits(step_tokens, tokens)
             logp = cfg_logprobs(lc, lu, gamma) if guided else F.log_softmax(lc.float(), dim=-1)
             logp[:, never] = float("-inf")  # PAD and BOS are never valid continuations
+            if t < min_new_tokens:
+                logp[:, cfg.eos_id] = float("-inf")
             logp = filter_logprobs(logp, temperature, top_k, top_p)
             nxt = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(1)
             lp = logp.gather(1, nxt.unsqueeze(1)).squeeze(1)
