@@ -30,7 +30,7 @@ A baseline ``b_i`` that does not depend on ``y_i`` keeps it unbiased and lowers 
 * ``batch``: the mean reward of the *other* prompts in the batch (never the prompt's own group:
   for G=2 and a symmetric reward the group mean equals r itself and every advantage is zero);
 * ``ema``: an exponential moving average of past batches' mean reward (the current batch is
-  folded in *after* its advantages are computed);
+  folded in *after* its advantages are computed; the very first batch uses its own mean);
 * ``loo`` (G≥3): the mean pairwise reward among the other G−1 samples of the same prompt (pairs
   not involving i). The naive "mean of the other r_k" would be biased: each r_k contains r(y_k, y_i).
 
@@ -114,31 +114,43 @@ def sequence_logprobs(logp: torch.Tensor, tokens: torch.Tensor, mask: torch.Tens
 
 # --------------------------------------------------------------------------- diversity reward
 
-def pairwise_cosine_distance(emb: torch.Tensor, group_size: int) -> torch.Tensor:
-    """``1 − cos(e_i, e_j)`` within each group: (P, G, G) from embeddings (P·G, D)."""
+def pairwise_cosine_distance(emb: torch.Tensor, group_size: int, valid: torch.Tensor | None = None,
+                             empty_value: float = 0.0) -> torch.Tensor:
+    """``1 − cos(e_i, e_j)`` within each group: (P, G, G) from embeddings (P·G, D).
+
+    ``valid`` (P·G,) bool marks decodable, non-empty generations; a pair with an invalid member
+    gets ``empty_value`` (0: no credit for degenerate output, the judges' convention in
+    ``divcfg.embedders.diversity``; otherwise an empty sample looks maximally different)."""
     if group_size < 2:
         raise ValueError(f"a diversity reward needs at least 2 samples per prompt, got {group_size}")
     if emb.shape[0] % group_size:
         raise ValueError(f"{emb.shape[0]} embeddings do not split into groups of {group_size}")
     e = F.normalize(emb.float(), dim=-1).view(-1, group_size, emb.shape[-1])
-    return 1.0 - e @ e.transpose(1, 2)
+    d = (1.0 - e @ e.transpose(1, 2)).clamp(0.0, 2.0)
+    if valid is not None:
+        v = valid.view(-1, group_size)
+        both = v.unsqueeze(-1) & v.unsqueeze(-2)
+        d = torch.where(both, d, torch.full_like(d, empty_value))
+    return d
 
 
-def diversity_rewards(emb: torch.Tensor, group_size: int) -> torch.Tensor:
+def diversity_rewards(emb: torch.Tensor, group_size: int, valid: torch.Tensor | None = None,
+                      empty_value: float = 0.0) -> torch.Tensor:
     """``r_i = mean_{j≠i} (1 − cos(e_i, e_j))`` within each prompt's group: (P, G)."""
-    d = pairwise_cosine_distance(emb, group_size)
+    d = pairwise_cosine_distance(emb, group_size, valid, empty_value)
     G = group_size
     off = ~torch.eye(G, dtype=torch.bool, device=d.device)
     return (d * off).sum(-1) / (G - 1)
 
 
-def leave_one_out_pair_baseline(emb: torch.Tensor, group_size: int) -> torch.Tensor:
+def leave_one_out_pair_baseline(emb: torch.Tensor, group_size: int, valid: torch.Tensor | None = None,
+                                empty_value: float = 0.0) -> torch.Tensor:
     """Per sample i (P, G): the mean of ``1 − cos(e_j, e_k)`` over pairs j<k of the group that
     exclude i — a baseline independent of ``y_i``. Needs G≥3."""
     G = group_size
     if G < 3:
         raise ValueError("the leave-one-out baseline needs G>=3 samples per prompt; use 'batch' or 'ema' for G=2")
-    d = pairwise_cosine_distance(emb, G)
+    d = pairwise_cosine_distance(emb, G, valid, empty_value)
     off = ~torch.eye(G, dtype=torch.bool, device=d.device)
     total = (d * off).sum((-1, -2)) / 2                       # Σ_{j<k} d_jk per group (P,)
     involving_i = (d * off).sum(-1)                           # Σ_{j≠i} d_ij (P, G)
@@ -158,7 +170,9 @@ class RewardBaseline:
         self.kind, self.ema_decay = kind, ema_decay
         self.value: float | None = None
 
-    def advantages(self, rewards: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
+    def advantages(self, rewards: torch.Tensor, emb: torch.Tensor | None = None,
+                   valid: torch.Tensor | None = None) -> torch.Tensor:
+        """``rewards`` (P, G); ``emb``/``valid`` (P·G, ...) are needed by ``loo`` only."""
         P, G = rewards.shape
         if self.kind == "batch":
             if P < 2:
@@ -169,7 +183,7 @@ class RewardBaseline:
         if self.kind == "loo":
             if emb is None:
                 raise ValueError("the 'loo' baseline needs the embeddings")
-            return rewards - leave_one_out_pair_baseline(emb, G)
+            return rewards - leave_one_out_pair_baseline(emb, G, valid)
         mean = float(rewards.mean())
         b = mean if self.value is None else self.value
         adv = rewards - b
