@@ -156,6 +156,10 @@ FLAT_NAMES = ["C", "Db", "D", "Eb", "E", "F", "Gb", "G", "Ab", "A", "Bb", "B"]
 # mode -> semitones of its tonic above the major (ionian) tonic of the same signature
 MODE_OFFSET = {"major": 0, "dorian": 2, "phrygian": 4, "lydian": 5, "mixolydian": 7, "minor": 9,
                "locrian": 11}
+# modes a bare signature + final note may name, per collection (others fall back to music21's
+# major/minor analysis): dorian and mixolydian tunes are common in the Irish and Scottish
+# books, while the Essen pentatonic and ballad tunes ending on other degrees are not modal.
+MODES_BY_COLLECTION = {c: ("major", "minor", "dorian", "mixolydian") for c in ("oneills", "ryans", "aird")}
 MODE_ALIASES = {"": "major", "maj": "major", "major": "major", "ion": "major", "ionian": "major",
                 "m": "minor", "min": "minor", "minor": "minor", "aeo": "minor", "aeolian": "minor",
                 "dor": "dorian", "dorian": "dorian", "mix": "mixolydian", "mixolydian": "mixolydian",
@@ -184,6 +188,33 @@ def mode_from_final(sharps: int, final_pc: int) -> str | None:
         if (major_tonic + off) % 12 == final_pc % 12:
             return mode
     return None
+
+
+# Krumhansl & Kessler (1982) probe-tone profiles, tonic first
+KK_MAJOR = (6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88)
+KK_MINOR = (6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98, 2.69, 3.34, 3.17)
+
+
+def estimate_key(notes, sharps: int = 0) -> str | None:
+    """Krumhansl-Schmuckler key estimate of (onset, pitch, duration) notes: the tonic and
+    mode (major/minor) whose rotated Krumhansl-Kessler profile has the highest Pearson
+    correlation with the duration-weighted pitch-class histogram. None if no notes."""
+    import numpy as np
+
+    hist = np.zeros(12)
+    for _, p, d in notes:
+        hist[int(p) % 12] += max(float(d), 1e-3)
+    if hist.sum() <= 0:
+        return None
+    best, best_r = None, -2.0
+    for mode, prof in (("major", KK_MAJOR), ("minor", KK_MINOR)):
+        prof = np.asarray(prof)
+        for tonic in range(12):
+            r = np.corrcoef(hist, np.roll(prof, tonic))[0, 1]
+            if r > best_r:
+                best, best_r = (tonic, mode), r
+    tonic, mode = best
+    return f"{tonic_name(tonic, sharps)} {mode}"
 
 
 def parse_abc_key(text: str | None) -> tuple[str | None, str | None]:
