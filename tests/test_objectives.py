@@ -177,3 +177,12 @@ def test_reinforce_surrogate_gradient_is_pairwise_estimate():
     adv = torch.tensor([[0.3, 0.3], [-0.1, -0.1], [0.05, 0.05]])
     reinforce_surrogate(seq_logp, adv).backward()
     assert torch.allclose(seq_logp.grad, adv.reshape(-1) / 3)  # 2/N with N = 6 rows, P = 3 prompts
+
+
+def test_empty_generations_get_no_diversity_credit():
+    """A pair with an empty/undecodable member scores 0 (the judges' convention), not 'maximally different'."""
+    emb = F.normalize(torch.tensor([[1.0, 0.0], [0.0, 0.0], [1.0, 0.0], [-1.0, 0.0]]), dim=-1)
+    valid = torch.tensor([True, False, True, True])
+    r = diversity_rewards(emb, 2, valid)
+    assert r[0].tolist() == [0.0, 0.0]
+    assert r[1].tolist() == pytest.approx([2.0, 2.0])

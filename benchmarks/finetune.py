@@ -1,0 +1,131 @@
+"""Benchmark of one `divcfg finetune` step: seconds split into sampling / teacher / reward /
+student update, generated tokens per second and peak memory, for G=2 and G=4 generations per
+prompt, printed side by side (same prompts per step, so G=4 is twice the batch).
+
+    python benchmarks/finetune.py                      # small base if it exists, else a tiny random one
+    python benchmarks/finetune.py --base runs/small/base --embedder runs/small/embedder --data-dir data/small
+
+Each G runs in its own child process (so ``ru_maxrss``, the peak resident memory, belongs to that
+configuration alone) through the real training loop (``divcfg.finetune.finetune``); the first
+``--warmup`` steps are dropped from the means. The output says which base/embedder/data were used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+KEYS = ("time/sampling", "time/teacher", "time/reward", "time/update", "time/step", "tokens_per_s",
+        "completions/mean_length")
+
+
+def make_stand_ins(work: Path, data_dir: Path | None) -> tuple[Path, Path, Path, str]:
+    """A random base with the small preset's architecture, an untrained diversity embedder, and the
+    tiny data set (built when missing): no trained model is needed."""
+    import torch
+
+    from divcfg.embedders.diversity import DiversityEmbedder, EmbedderConfig, save_diversity_embedder
+    from divcfg.models.generator import save_generator
+    from divcfg.models.transformer import ModelConfig, MusicTransformer
+    from divcfg.music.tokenizer import load_tokenizer, special_ids
+
+    if data_dir is None or not (data_dir / "manifest.json").exists():
+        from divcfg.music.corpus import build
+        data_dir = build("tiny", data_dir=work / "data", workers=2, quiet=True)
+    tok = load_tokenizer(data_dir)
+    ids = special_ids(tok)
+    torch.manual_seed(0)
+    model = MusicTransformer(ModelConfig(vocab_size=len(tok), pad_id=ids["pad"], bos_id=ids["bos"], eos_id=ids["eos"]))
+    base = save_generator(work / "base", model, {"provenance": {"note": "random benchmark base"}},
+                          data_dir / "tokenizer.json")
+    E = DiversityEmbedder(EmbedderConfig(vit="small"), tok)
+    emb = save_diversity_embedder(work / "embedder", E, tokenizer_path=data_dir / "tokenizer.json")
+    return base, emb, data_dir, "random base (small architecture), untrained small embedder, tiny data"
+
+
+def child(args) -> None:
+    """Run a few real training steps with G = args.child and print one JSON line of means."""
+    import torch
+
+    from divcfg.finetune import FinetuneConfig, finetune
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as d:
+        cfg = FinetuneConfig(base=args.base, embedder=args.embedder, data_dir=args.data_dir, out=str(Path(d) / "ft"),
+                             gamma=args.gamma, beta=1.0, group_size=args.child, prompts_per_step=args.prompts,
+                             max_new_tokens=args.max_new_tokens, max_steps=args.steps + args.warmup,
+                             max_minutes=0.0, eval_every=0, eval_prompts=2, eval_max_new_tokens=8,
+                             eval_teacher=False, ckpt_every=0, threads=args.threads, preset="bench")
+        finetune(cfg, progress=False)
+        rows = [json.loads(line) for line in open(Path(d) / "ft" / "metrics.jsonl") if '"time/step"' in line]
+    rows = rows[args.warmup:]
+    res = {k: sum(r[k] for r in rows) / len(rows) for k in KEYS}
+    res["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    res["samples_per_step"] = args.prompts * args.child
+    print("RESULT " + json.dumps(res))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--base", default="runs/small/base/checkpoint")
+    p.add_argument("--embedder", default="runs/small/embedder")
+    p.add_argument("--data-dir", default="data/small")
+    p.add_argument("--gamma", type=float, default=2.0)
+    p.add_argument("--prompts", type=int, default=8, help="prompts per step")
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--steps", type=int, default=4, help="measured steps per G")
+    p.add_argument("--warmup", type=int, default=1, help="unmeasured first steps")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--child", type=int, default=0, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        return child(args)
+
+    from divcfg.pretrain import bf16_supported
+    work = Path(tempfile.mkdtemp(prefix="bench_ft_"))
+    data_dir = Path(args.data_dir)
+    if (Path(args.base) / "model.safetensors").exists() and Path(args.embedder).exists() and \
+            (data_dir / "manifest.json").exists():
+        what = f"trained base '{args.base}', embedder '{args.embedder}', data '{data_dir}'"
+    else:
+        base, emb, data_dir, what = make_stand_ins(work, data_dir)
+        args.base, args.embedder = str(base), str(emb)
+    print(f"finetune step benchmark: {what}")
+    print(f"{args.prompts} prompts/step, ≤{args.max_new_tokens} new tokens, γ={args.gamma}, {args.threads} threads, "
+          f"bf16={bf16_supported()}, {args.steps} measured steps after {args.warmup} warm-up")
+    results = {}
+    for G in (2, 4):
+        t0 = time.time()
+        cmd = [sys.executable, __file__, "--child", str(G), "--base", args.base, "--embedder", args.embedder,
+               "--data-dir", str(data_dir), "--gamma", str(args.gamma), "--prompts", str(args.prompts),
+               "--max-new-tokens", str(args.max_new_tokens), "--steps", str(args.steps), "--warmup",
+               str(args.warmup), "--threads", str(args.threads)]
+        out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
+        if line is None:
+            sys.exit(f"error: the G={G} run failed: {out.stderr.strip().splitlines()[-1] if out.stderr else '?'}")
+        results[G] = json.loads(line[7:])
+        print(f"  G={G} done in {time.time() - t0:.0f} s")
+    rows = [("samples per step", "samples_per_step", "{:.0f}"), ("mean generated length", "completions/mean_length", "{:.0f}"),
+            ("sampling  s/step", "time/sampling", "{:.3f}"), ("teacher   s/step", "time/teacher", "{:.3f}"),
+            ("reward    s/step", "time/reward", "{:.3f}"), ("update    s/step", "time/update", "{:.3f}"),
+            ("total     s/step", "time/step", "{:.3f}"), ("tokens/s (generated)", "tokens_per_s", "{:.0f}"),
+            ("peak RSS MiB", "peak_rss_mib", "{:.0f}")]
+    print(f"\n{'':24s}{'G=2':>10s}{'G=4':>10s}{'G4/G2':>8s}")
+    for label, key, fmt in rows:
+        a, b = results[2][key], results[4][key]
+        print(f"{label:24s}{fmt.format(a):>10s}{fmt.format(b):>10s}{b / a if a else float('nan'):>8.2f}")
+    share = {k: results[2][f"time/{k}"] / results[2]["time/step"] for k in ("sampling", "teacher", "reward", "update")}
+    print("\nG=2 time shares: " + ", ".join(f"{k} {v:.0%}" for k, v in share.items()))
+
+
+if __name__ == "__main__":
+    main()
