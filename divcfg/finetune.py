@@ -19,9 +19,11 @@ CFG teacher ``π_γ`` (conditional and null passes mixed by ``divcfg.guidance``)
 log-probs (sums over tokens), so its gradient grows with the generation length L. With
 ``pg_normalise = "token"`` (the default) S is divided by the batch's mean generated length, so
 β weighs "diversity reward per token of log-likelihood" against "KL per token": both gradients are
-then per-token averages. ``pg_normalise = "sequence"`` keeps the raw sequence-level surrogate,
-i.e. β is effectively multiplied by L. The paper's β=15 was tuned for its own normalisation;
-sweep β rather than trusting the number.
+then per-token averages. This is the same *relative* weighting as DESIGN.md §1's
+``Σ_t KL_t − β·(r−b)(log π(y1) + log π(y2))`` with the KL summed over tokens (divide both by L),
+so β here is directly comparable to the paper's β — up to the scale of the reward, which depends
+on the embedder. ``pg_normalise = "sequence"`` keeps the raw sequence-level surrogate against the
+per-token KL, i.e. β is effectively multiplied by L. Sweep β rather than trusting the paper's 15.
 
 Sampling and the distributions: PAD and BOS are never valid continuations (``divcfg.sampling``
 gives them probability zero), so student and teacher log-probs are both renormalised over the
