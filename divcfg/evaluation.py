@@ -47,6 +47,7 @@ import csv
 import dataclasses
 import json
 import math
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,7 +74,7 @@ CSV_COLUMNS = ("name", "label", "family", "gamma", "temperature", "lam", "forwar
 
 @dataclass
 class EvalConfig:
-    base: str = field("", "base generator checkpoint (required)")
+    base: str = field("runs/small/base", "base generator checkpoint")
     quality: str = field("", "distilled student (β=0) checkpoint; empty = not evaluated")
     diversity: str = field("", "diversity-rewarded student (β=15) checkpoint; empty = not evaluated")
     merge_a: str = field("", "merge endpoint A (λ=0); empty = --quality")
@@ -81,8 +82,8 @@ class EvalConfig:
     lams: str = field("0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1", "comma-separated merge weights λ")
     cfg_gammas: str = field("1.5,2,3,4,5", "comma-separated CFG scales γ for the base model (γ=1 is base)")
     temperatures: str = field("0.8,0.9,1.1,1.25,1.5", "comma-separated temperatures τ for the base model")
-    embedder: str = field("", "diversity embedder E checkpoint (required)")
-    scorer: str = field("", "alignment scorer checkpoint (required)")
+    embedder: str = field("runs/small/embedder", "diversity embedder E checkpoint")
+    scorer: str = field("runs/small/scorer", "alignment scorer checkpoint")
     data_dir: str = field("data/small", "data set folder written by `divcfg data` (prompts, reference)")
     split: str = field("test", "split the prompts come from (held out: test)")
     num_prompts: int = field(48, "K: number of held-out prompts")
@@ -100,14 +101,17 @@ class EvalConfig:
 
 
 PRESETS: dict[str, dict] = {
-    "tiny": dict(data_dir="data/tiny", out="runs/tiny/eval", num_prompts=3, generations=2, max_new_tokens=48,
+    "tiny": dict(data_dir="data/tiny", base="runs/tiny/base", embedder="runs/tiny/embedder",
+                 scorer="runs/tiny/scorer", out="runs/tiny/eval", num_prompts=3, generations=2, max_new_tokens=48,
                  batch_size=6, cfg_gammas="2", temperatures="1.3", lams="0,0.5,1", bootstrap=200,
                  reference_pieces=16, preset="tiny"),
-    "demo": dict(data_dir="data/small", out="runs/demo/eval", num_prompts=16, generations=4, batch_size=64,
+    "demo": dict(data_dir="data/small", base="runs/demo/base", embedder="runs/demo/embedder",
+                 scorer="runs/demo/scorer", out="runs/demo/eval", num_prompts=16, generations=4, batch_size=64,
                  max_new_tokens=384, cfg_gammas="1.5,2,3,4", temperatures="0.85,1.15,1.3",
                  lams="0,0.25,0.5,0.75,1", reference_pieces=128, preset="demo"),
     "small": dict(),
-    "full": dict(data_dir="data/full", out="runs/full/eval", num_prompts=200, generations=4, batch_size=96,
+    "full": dict(data_dir="data/full", base="runs/full/base", embedder="runs/full/embedder",
+                 scorer="runs/full/scorer", out="runs/full/eval", num_prompts=200, generations=4, batch_size=96,
                  reference_pieces=1000, preset="full"),
 }
 
@@ -296,6 +300,12 @@ def _nanmean(x) -> float:
 # judging
 
 
+def _meter(meta: dict) -> str | None:
+    """The prompt's meter as 'n/d', or None when unknown (metrics then use the score's own)."""
+    m = str(meta.get("meter") or "")
+    return m if re.fullmatch(r"\d+/\d+", m) else None
+
+
 class Judges:
     """The frozen judges and the decoding tools shared by every system."""
 
@@ -324,10 +334,10 @@ class Judges:
         seqs = rows["sequences"]
         K = len(prompts)
         texts = [prompts.texts[r // G] for r in range(len(seqs))]
-        q = self.scorer.score(texts, seqs).float().numpy()
+        q = self.scorer.score(texts, seqs).float().cpu().numpy()
         d_prompt, _ = group_diversity(self.E, [seqs[k * G:(k + 1) * G] for k in range(K)])
         scores = [tokens_to_score(self.tok, s) for s in seqs]
-        meters = [prompts.meta[r // G].get("meter") for r in range(len(seqs))]
+        meters = [_meter(prompts.meta[r // G]) for r in range(len(seqs))]
         n_notes = [0 if sc is None else sum(len(t.notes) for t in sc.tracks) for sc in scores]
         valid = [token_validity(self.tok, s, m)["valid"] for s, m in zip(seqs, meters)]
         music = [score_metrics(sc, m) for sc, m in zip(scores, meters)]

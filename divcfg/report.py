@@ -10,7 +10,9 @@ Writes ``RUN/report.html`` and ``RUN/report_assets/``:
 - ``training_curves.png``: KL to the CFG teacher and the diversity reward per fine-tuning step, from
   the students' ``metrics.jsonl`` (recorded by ``evaluate``, or given with ``--training-log``);
 - for a handful of prompts, each system's first generations side by side: a piano roll, an
-  ``<audio>`` player (WAV, when a General MIDI soundfont is installed) and a MIDI download.
+  ``<audio>`` player (WAV of the first ``AUDIO_BEATS`` quarter notes, when a General MIDI soundfont
+  is installed) and a download of the whole generation as MIDI. Identical generations (e.g. the
+  merge at λ=0 and the β=0 student) share their files.
 
 The page references only files under ``report_assets/`` (relative links), so the run folder can be
 copied or served as it is. Plots are also embedded as data URIs.
@@ -31,6 +33,8 @@ import numpy as np
 from divcfg.errors import UserError
 
 ASSETS = "report_assets"
+AUDIO_BEATS = 40           # WAV players play the first 40 quarter notes (~20 s at 120 qpm); MIDI is whole
+AUDIO_SAMPLE_RATE = 16000  # keeps a report with ~80 players under ~50 MB
 FAMILY_STYLE = {  # family -> (colour, marker, legend name)
     "cfg": ("#d62728", "s", "CFG γ-sweep"),
     "temperature": ("#7f7f7f", "^", "temperature τ-sweep"),
@@ -216,8 +220,8 @@ def _data_uri(path: Path) -> str:
 class _Renderer:
     """Writes MIDI / WAV / piano roll of a token sequence once (files named by its hash)."""
 
-    def __init__(self, assets: Path, tokenizer, audio: bool):
-        self.assets, self.tok, self.audio = assets, tokenizer, audio
+    def __init__(self, assets: Path, tokenizer, audio: bool, audio_beats: int = AUDIO_BEATS):
+        self.assets, self.tok, self.audio, self.audio_beats = assets, tokenizer, audio, audio_beats
         self.wav_ok: bool | None = None if audio else False
         self.cache: dict[str, dict] = {}
 
@@ -238,7 +242,8 @@ class _Renderer:
             piano_roll_png(notes, stem.with_suffix(".png"))
             entry["roll"] = f"{ASSETS}/{stem.name}.png"
             if self.wav_ok is not False:
-                ok = _write_wav(score, stem.with_suffix(".wav"))
+                clip = score.clip(0, self.audio_beats * score.ticks_per_quarter, clip_end=True)
+                ok = _write_wav(clip, stem.with_suffix(".wav"))
                 self.wav_ok = bool(ok) if self.wav_ok is None else self.wav_ok
                 if ok:
                     entry["wav"] = f"{ASSETS}/{stem.name}.wav"
@@ -260,7 +265,7 @@ def _write_wav(score, path: Path) -> bool:
         from divcfg.music.render import write_wav
     except ImportError:
         return False
-    return bool(write_wav(score, path))
+    return bool(write_wav(score, path, sample_rate=AUDIO_SAMPLE_RATE))
 
 
 def _tokenizer_for(results: dict):
@@ -273,16 +278,23 @@ def _tokenizer_for(results: dict):
 
 
 def listening_section(results: dict, samples: list[dict], assets: Path, n_prompts: int, n_generations: int,
-                      audio: bool) -> tuple[list[dict], bool | None]:
-    """For the first ``n_prompts`` prompts: one row per system with its first ``n_generations``."""
+                      audio: bool, systems: list[str] | None = None) -> tuple[list[dict], bool | None]:
+    """For the first ``n_prompts`` prompts: one row per system (all, or those named in ``systems``)
+    with its first ``n_generations`` generations."""
     if not samples or n_prompts <= 0:
         return [], None
+    known = [r["name"] for r in results["systems"]]
+    unknown = sorted(set(systems or []) - set(known))
+    if unknown:
+        raise UserError(f"unknown system(s) {unknown}: choose among {', '.join(known)}")
     renderer = _Renderer(assets, _tokenizer_for(results), audio)
     index = {(s["system"], s["prompt_index"], s["generation"]): s for s in samples}
     out = []
     for p in results["prompts"][:n_prompts]:
         rows = []
         for r in results["systems"]:
+            if systems and r["name"] not in systems:
+                continue
             cells = []
             for g in range(n_generations):
                 s = index.get((r["name"], p["index"], g))
@@ -333,8 +345,12 @@ def table_rows(results: dict) -> list[dict]:
 
 
 def render_report(run_dir: str | os.PathLike, *, n_prompts: int = 3, n_generations: int = 2,
-                  training_logs: dict[str, str] | None = None, audio: bool = True) -> Path:
-    """Write ``RUN/report.html`` (+ ``RUN/report_assets/``) and return its path."""
+                  training_logs: dict[str, str] | None = None, audio: bool = True,
+                  systems: list[str] | None = None) -> Path:
+    """Write ``RUN/report.html`` (+ ``RUN/report_assets/``) and return its path.
+
+    ``n_prompts`` × ``n_generations`` generations of each system (or of ``systems``) get players;
+    ``training_logs`` (name -> metrics.jsonl) add to the logs ``evaluate`` recorded."""
     from jinja2 import Environment, FileSystemLoader, select_autoescape
 
     run_dir = Path(run_dir)
@@ -343,12 +359,14 @@ def render_report(run_dir: str | os.PathLike, *, n_prompts: int = 3, n_generatio
         raise UserError(f"'{run_dir}/results.json' has no systems: rerun `divcfg evaluate`")
     assets = run_dir / ASSETS
     assets.mkdir(exist_ok=True)
+    for old in assets.glob("gen_*"):  # generations of an earlier rendering
+        old.unlink()
     plot_png, plot_svg = assets / "quality_diversity.png", assets / "quality_diversity.svg"
     plot_quality_diversity(results, plot_png, plot_svg)
     logs = {**results.get("training_logs", {}), **(training_logs or {})}
     curves_png = assets / "training_curves.png"
     has_curves = bool(logs) and plot_training_curves(logs, curves_png)
-    listening, wav_ok = listening_section(results, samples, assets, n_prompts, n_generations, audio)
+    listening, wav_ok = listening_section(results, samples, assets, n_prompts, n_generations, audio, systems)
 
     env = Environment(loader=FileSystemLoader(Path(__file__).parent / "templates"),
                       autoescape=select_autoescape(["html", "j2"]))
@@ -370,6 +388,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--generations", type=int, default=2, help="generations shown per system and prompt")
     parser.add_argument("--training-log", action="append", default=[], metavar="NAME=PATH",
                         help="a fine-tuning metrics.jsonl to plot (repeatable), e.g. β=15=runs/small/ft15/metrics.jsonl")
+    parser.add_argument("--systems", default="", help="comma-separated system names for the listening section "
+                                                      "(default: all), e.g. base,cfg_g3,distilled,merge_l0.5")
     parser.add_argument("--no-audio", action="store_true", help="skip WAV rendering (MIDI and piano rolls only)")
 
 
@@ -383,5 +403,5 @@ def run(args) -> None:
             raise UserError(f"training log '{path}' not found: point at a fine-tuning run's metrics.jsonl")
         logs[name] = path
     out = render_report(args.run, n_prompts=args.prompts, n_generations=args.generations, training_logs=logs,
-                        audio=not args.no_audio)
+                        audio=not args.no_audio, systems=[x.strip() for x in args.systems.split(",") if x.strip()] or None)
     print(f"wrote {out}")
