@@ -374,7 +374,7 @@ def render_report(run_dir: str | os.PathLike, *, n_prompts: int = 3, n_generatio
         results=results, rows=table_rows(results), plot_uri=_data_uri(plot_png),
         plot_svg=f"{ASSETS}/{plot_svg.name}", plot_png=f"{ASSETS}/{plot_png.name}",
         curves_uri=_data_uri(curves_png) if has_curves else None, training_logs=logs,
-        listening=listening, wav_ok=wav_ok, mv=results.get("merge_vs_cfg"), fmt=_fmt, fmtg=_fmtg)
+        listening=listening, wav_ok=wav_ok, audio_requested=audio, mv=results.get("merge_vs_cfg"), fmt=_fmt, fmtg=_fmtg)
     out = run_dir / "report.html"
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text(page, encoding="utf-8")
