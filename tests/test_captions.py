@@ -23,7 +23,7 @@ def test_ryans_reel_caption():
     meta = piece["meta"]
     assert meta["dance"] == "reel" and meta["meter"] == "2/4" and meta["key"] == "A major"
     caps = cap.captions(meta, piece["id"])
-    assert caps[0].startswith("a reel in A major, 2/4")
+    assert caps[0].startswith("a reel from Ryan's Mammoth Collection in A major, 2/4")
     assert all("reel" in c for c in caps)
 
 
@@ -32,7 +32,7 @@ def test_explicit_mode_from_abc_key_field():
     meta = piece["meta"]
     assert meta["key"] == "E dorian" and meta["key_source"] == "abc_K"
     assert meta["dance"] == "strathspey" and meta["meter"] == "4/4"
-    assert "a strathspey in E dorian, 4/4" in cap.captions(meta, piece["id"])[0]
+    assert "a strathspey from Ryan's Mammoth Collection in E dorian, 4/4" in cap.captions(meta, piece["id"])[0]
 
 
 def test_oneills_jigs():

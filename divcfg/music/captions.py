@@ -20,7 +20,7 @@ COLLECTION_STYLE = {
     "essen": ("folk song", "the Essen folk song collection"),
     "oneills": ("Irish tune", "O'Neill's Music of Ireland (1850 Melodies)"),
     "ryans": ("fiddle tune", "Ryan's Mammoth Collection"),
-    "aird": ("Scottish tune", "Aird's Selection of Scotch, English, Irish and Foreign Airs"),
+    "aird": ("tune", "Aird's Selection of Scotch, English, Irish and Foreign Airs"),
     "bach": ("chorale", None),
     "palestrina": ("Renaissance mass movement", None),
     "monteverdi": ("madrigal", None),
@@ -30,7 +30,9 @@ COLLECTION_STYLE = {
     "folk": ("folk tune", None),
     "extra": ("tune", None),
 }
-COLLECTION_ADJ = {"oneills": "Irish", "aird": "Scottish"}
+COLLECTION_ADJ = {"oneills": "Irish"}
+# mixed-origin books are named instead of given a nationality
+COLLECTION_SHORT = {"ryans": "Ryan's Mammoth Collection", "aird": "Aird's Airs"}
 COLLECTION_COMPOSER = {"bach": "J. S. Bach", "palestrina": "Palestrina", "monteverdi": "Monteverdi",
                        "josquin": "Josquin des Prez"}
 
@@ -269,7 +271,8 @@ def _facts(meta: dict) -> dict:
             "key": meta.get("key"), "meter": meta.get("meter") if meta.get("meter") not in (None, "none") else None,
             "free": meta.get("meter") == "none",
             "bars": int(meta.get("n_bars") or 0), "tempo": meta.get("tempo"),
-            "place": meta.get("subregion"), "country": meta.get("country"), "source": source,
+            "place": meta.get("subregion") or COLLECTION_SHORT.get(coll), "country": meta.get("country"),
+            "source": source,
             "style": style}
 
 

@@ -43,7 +43,7 @@ from divcfg.errors import UserError
 from divcfg.music import captions as cap
 from divcfg.music import tokenizer as tk
 
-PIPELINE_VERSION = 3
+PIPELINE_VERSION = 4
 SPLITS = ("train", "val", "test")
 SPLIT_BOUNDS = (900, 950)  # of 1000: train < 900 <= val < 950 <= test
 
@@ -224,7 +224,7 @@ def extract_piece(m21score, header: dict | None, collection: str) -> tuple[objec
     if meter is not None:
         num, den = (int(x) for x in meter.split("/"))
         if tk.supported_time_signature(num, den) is None:
-            return None, "unsupported_meter"
+            return None, f"unsupported_meter:{meter}"
     ts_events = []
     dropped_ts = 0
     for t, ts in raw:
@@ -301,7 +301,8 @@ def extract_piece(m21score, header: dict | None, collection: str) -> tuple[objec
             meta["dance"] = dance
     if header.get("O") and collection == "essen":
         adj, country, sub = cap.essen_region(header["O"][0])
-        meta["region"] = header["O"][0]
+        meta["origin"] = header["O"][0]  # as written (German), e.g. "Europa, Mitteleuropa, Deutschland"
+        meta["region"] = ", ".join(x for x in (sub, country) if x) or header["O"][0]
         if adj:
             meta["region_adj"], meta["country"] = adj, country
         if sub:
@@ -525,6 +526,7 @@ def build(preset: str, data_dir: str | os.PathLike = "data", workers: int | None
     # ---- gather in deterministic order
     results.sort(key=lambda r: r["rel"])
     failures: dict[str, int] = {}
+    failure_details: dict[str, int] = {}
     file_errors = {}
     seen_content = set()
     bar_id = tok["Bar_None"]
@@ -533,8 +535,11 @@ def build(preset: str, data_dir: str | os.PathLike = "data", workers: int | None
     for r in results:
         if r["file_error"]:
             file_errors[r["rel"]] = r["file_error"]
-        for cause, n in r["failures"].items():
-            failures[cause] = failures.get(cause, 0) + n
+        for cause, n in r["failures"].items():  # "unsupported_meter:9/16" -> cause + detail
+            base = cause.split(":", 1)[0]
+            failures[base] = failures.get(base, 0) + n
+            if ":" in cause:
+                failure_details[cause] = failure_details.get(cause, 0) + n
         for p in r["pieces"]:
             if p["content_hash"] in seen_content:
                 failures["duplicate"] = failures.get("duplicate", 0) + 1
@@ -581,6 +586,7 @@ def build(preset: str, data_dir: str | os.PathLike = "data", workers: int | None
         "max_piece_tokens": max((len(r["tokens"]) for s in SPLITS for r in rows[s]), default=0),
         "vocab_size": len(tok),
         "failures": dict(sorted(failures.items())),
+        "failure_details": dict(sorted(failure_details.items(), key=lambda kv: -kv[1])),
         "file_errors": file_errors,
         "n_files": len(jobs), "workers": workers,
         "elapsed_s": {"parse": round(parse_s, 1), "total": round(time.time() - t0, 1)},
