@@ -17,6 +17,7 @@ import dataclasses
 import json
 import math
 import random
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,7 +110,7 @@ def token_nll(model: MusicTransformer, x: torch.Tensor, cond: torch.Tensor | Non
     return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1), ignore_index=pad_id)
 
 
-def _caption_table(splits: dict[str, list[dict]]) -> tuple[torch.Tensor, dict[str, list[list[int]]]]:
+def _caption_table(splits: dict[str, list[dict]], data_dir: Path) -> tuple[torch.Tensor, dict[str, list[list[int]]]]:
     texts: list[str] = []
     where: dict[str, int] = {}
     index: dict[str, list[list[int]]] = {}
@@ -123,7 +124,7 @@ def _caption_table(splits: dict[str, list[dict]]) -> tuple[torch.Tensor, dict[st
                     texts.append(c)
                 row.append(where[c])
             index[name].append(row)
-    return embed_texts(texts), index
+    return embed_texts(texts, data_dir), index
 
 
 @torch.no_grad()
@@ -161,7 +162,7 @@ def train(cfg: PretrainConfig, resume: bool = False) -> Path:
     splits = {"train": load_split(data_dir, "train"), "val": load_split(data_dir, "val")}
     if not splits["train"] or not splits["val"]:
         raise UserError(f"data set '{data_dir}' has an empty train or val split: rebuild it with `divcfg data --force`")
-    cond_table, caption_index = _caption_table(splits)
+    cond_table, caption_index = _caption_table(splits, data_dir)
     train_b = PieceBatcher(splits["train"], cond_table, caption_index["train"], ids, cfg.max_len)
     val_b = PieceBatcher(splits["val"], cond_table, caption_index["val"], ids, cfg.max_len)
 
@@ -220,7 +221,8 @@ def train(cfg: PretrainConfig, resume: bool = False) -> Path:
           f"{len(splits['train'])} train / {len(splits['val'])} val pieces")
     model.train()
     val = None
-    bar = tqdm(total=cfg.max_steps, initial=step, desc="pretrain", dynamic_ncols=True)
+    bar = tqdm(total=cfg.max_steps, initial=step, desc="pretrain", dynamic_ncols=True,
+               mininterval=0.5 if sys.stderr.isatty() else 30.0)
     tokens_seen, t_last = 0, time.time()
     while step < cfg.max_steps and progress() < 1.0:
         t0 = time.time()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from divcfg.embedders.text import get_text_embedder
+from divcfg.embedders.text import encode_cached
 from divcfg.errors import UserError
 
 
@@ -33,8 +33,12 @@ class Prompts:
                        [self.ids[i] for i in idx])
 
 
-def embed_texts(texts: list[str]) -> torch.Tensor:
-    return get_text_embedder().encode(texts)
+CAPTION_CACHE = "caption_embeddings.safetensors"
+
+
+def embed_texts(texts: list[str], data_dir: str | os.PathLike | None = None) -> torch.Tensor:
+    """MiniLM embeddings (N, 384); captions of a data set are cached in ``<data_dir>/{CAPTION_CACHE}``."""
+    return encode_cached(texts, Path(data_dir) / CAPTION_CACHE if data_dir is not None else None)
 
 
 def check_data_dir(data_dir: str | os.PathLike) -> Path:
@@ -55,7 +59,7 @@ def load_prompts(data_dir: str | os.PathLike, split: str = "test", limit: int | 
     if limit is not None and limit < len(pieces):
         pieces = rng.sample(pieces, limit)
     texts = [rng.choice(p["captions"]) if variants else p["captions"][0] for p in pieces]
-    return Prompts(texts, embed_texts(texts), [p.get("meta", {}) for p in pieces], [p["id"] for p in pieces])
+    return Prompts(texts, embed_texts(texts, data_dir), [p.get("meta", {}) for p in pieces], [p["id"] for p in pieces])
 
 
 def prompts_from_texts(texts: list[str]) -> Prompts:

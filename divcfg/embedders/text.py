@@ -44,6 +44,41 @@ class TextEmbedder:
         return torch.stack([self._memo[t] for t in texts])
 
 
+def encode_cached(texts: list[str], cache_file: str | os.PathLike | None) -> torch.Tensor:
+    """``get_text_embedder().encode(texts)`` with a persistent cache (a safetensors file of the
+    embeddings plus a JSON list of their texts). MiniLM on 2 busy CPU cores embeds a few hundred
+    captions per second, so a data set's captions are embedded once and reused by every stage."""
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import load_file, save_file
+
+    if cache_file is None:
+        return get_text_embedder().encode(texts)
+    cache_file = Path(cache_file)
+    names = cache_file.with_suffix(".json")
+    known: dict[str, torch.Tensor] = {}
+    if cache_file.exists() and names.exists():
+        try:
+            emb = load_file(str(cache_file))["emb"]
+            known = dict(zip(json.loads(names.read_text()), emb))
+        except Exception:  # noqa: BLE001 - a broken cache is rebuilt, never fatal
+            known = {}
+    missing = sorted({t for t in texts if t not in known})
+    if missing:
+        for t, e in zip(missing, get_text_embedder().encode(missing)):
+            known[t] = e
+        order = list(known)
+        tmp = cache_file.with_name(cache_file.name + ".tmp")
+        save_file({"emb": torch.stack([known[t] for t in order]).contiguous()}, str(tmp))
+        names.with_name(names.name + ".tmp").write_text(json.dumps(order))
+        os.replace(names.with_name(names.name + ".tmp"), names)
+        os.replace(tmp, cache_file)
+    if not texts:
+        return torch.zeros(0, TEXT_DIM)
+    return torch.stack([known[t] for t in texts])
+
+
 @lru_cache(maxsize=1)
 def get_text_embedder() -> TextEmbedder:
     """A process-wide shared instance (loading takes a few seconds)."""
