@@ -280,10 +280,10 @@ def bootstrap_ci(values, n_boot: int, confidence: float, seed: int) -> tuple[flo
     """Percentile bootstrap interval of the mean of ``values`` (resampling the values; nan ignored)."""
     v = np.asarray(values, np.float64)
     v = v[np.isfinite(v)]
-    if len(v) == 0:
+    if len(v) == 1:
+        return float(v[0]), float(v[0])
+    if len(v) == 0 or n_boot < 1:
         return math.nan, math.nan
-    if len(v) == 1 or n_boot < 1:
-        return float(v[0]) if len(v) == 1 else math.nan, float(v[0]) if len(v) == 1 else math.nan
     rng = np.random.default_rng(seed)
     means = v[rng.integers(0, len(v), size=(n_boot, len(v)))].mean(1)
     alpha = (1 - confidence) / 2
