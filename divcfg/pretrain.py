@@ -90,6 +90,15 @@ class PieceBatcher:
         self.pad, self.bos, self.eos = ids["pad"], ids["bos"], ids["eos"]
         self.max_len = max_len
 
+    def length_bucketed(self, batch_size: int, rng: random.Random, pool_batches: int = 16) -> list[list[int]]:
+        """``pool_batches`` random batches whose members have similar lengths (less padding):
+        draw ``batch_size·pool_batches`` pieces, sort by length, cut, shuffle the batches."""
+        pool = sorted((rng.randrange(len(self.pieces)) for _ in range(batch_size * pool_batches)),
+                      key=lambda i: len(self.pieces[i]["tokens"]))
+        batches = [pool[i: i + batch_size] for i in range(0, len(pool), batch_size)]
+        rng.shuffle(batches)
+        return batches
+
     def rows(self, idx: list[int], rng: random.Random) -> tuple[torch.Tensor, torch.Tensor]:
         seqs = []
         for i in idx:
@@ -224,9 +233,12 @@ def train(cfg: PretrainConfig, resume: bool = False) -> Path:
     bar = tqdm(total=cfg.max_steps, initial=step, desc="pretrain", dynamic_ncols=True,
                mininterval=0.5 if sys.stderr.isatty() else 30.0)
     tokens_seen, t_last = 0, time.time()
+    queue: list[list[int]] = []
     while step < cfg.max_steps and progress() < 1.0:
         t0 = time.time()
-        idx = [rng.randrange(len(train_b.pieces)) for _ in range(cfg.batch_size)]
+        if not queue:
+            queue = train_b.length_bucketed(cfg.batch_size, rng)
+        idx = queue.pop()
         x, cond = train_b.rows(idx, rng)
         null_mask = torch.rand(len(idx)) < cfg.cond_dropout
         for g in opt.param_groups:
