@@ -49,6 +49,7 @@ import json
 import math
 import re
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -334,7 +335,9 @@ class Judges:
         seqs = rows["sequences"]
         K = len(prompts)
         texts = [prompts.texts[r // G] for r in range(len(seqs))]
-        q = self.scorer.score(texts, seqs).float().cpu().numpy()
+        with warnings.catch_warnings():  # empty generations are counted in empty_rate instead
+            warnings.simplefilter("ignore")
+            q = self.scorer.score(texts, seqs).float().cpu().numpy()
         d_prompt, _ = group_diversity(self.E, [seqs[k * G:(k + 1) * G] for k in range(K)])
         scores = [tokens_to_score(self.tok, s) for s in seqs]
         meters = [_meter(prompts.meta[r // G]) for r in range(len(seqs))]
