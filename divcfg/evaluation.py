@@ -82,7 +82,7 @@ class EvalConfig:
     merge_b: str = field("", "merge endpoint B (λ=1); empty = --diversity")
     lams: str = field("0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1", "comma-separated merge weights λ")
     cfg_gammas: str = field("1.5,2,3,4,5", "comma-separated CFG scales γ for the base model (γ=1 is base)")
-    temperatures: str = field("0.8,0.9,1.1,1.25,1.5", "comma-separated temperatures τ for the base model")
+    temperatures: str = field("0.8,0.9,1.1,1.25,1.5", "comma-separated temperatures τ for the base model (τ=1 is base)")
     embedder: str = field("runs/small/embedder", "diversity embedder E checkpoint")
     scorer: str = field("runs/small/scorer", "alignment scorer checkpoint")
     data_dir: str = field("data/small", "data set folder written by `divcfg data` (prompts, reference)")
