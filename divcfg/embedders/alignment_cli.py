@@ -1,0 +1,195 @@
+"""``divcfg scorer train|eval``: train the text–music alignment scorer and measure it.
+
+Loss (CLIP, symmetric, with multiple positives). For a batch of B pieces with captions
+``c_1..c_B`` (a random variant per piece and step), ``S_ij = exp(s)·t_i·m_j`` with the learned
+logit scale ``s``. Pieces whose sampled captions are the same string are all positives for each
+other: ``P_ij = [c_i = c_j] / #{k: c_k = c_i}``, and
+
+    L = ½ [ CE(S, P) + CE(Sᵀ, Pᵀ) ]     (soft-target cross-entropy, rows text→music / music→text)
+
+Held-out figures (``evaluate``), on N test pieces with their canonical caption ``captions[0]``:
+- text→music recall@1 / @10: the rank of piece i among the N pieces for caption i;
+- AUC: P(score(own caption, piece) > score(other piece's caption, piece)), over all
+  (matched, mismatched) pairs (Mann–Whitney), 0.5 = chance;
+- own-above-other rate: for each piece, the fraction of the other N-1 captions that score below its
+  own caption, averaged (the AUC restricted to one piece at a time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from divcfg.embedders.alignment import (SCORER_SIZES, AlignmentScorer, ScorerConfig, load_alignment_scorer,
+                                        save_alignment_scorer)
+from divcfg.errors import UserError
+
+PRESETS = {
+    "tiny": dict(batch_size=64, lr=2e-3, minutes=1.0, steps=200),
+    "small": dict(batch_size=128, lr=1e-3, minutes=10.0, steps=100_000),
+}
+
+
+def make_config(tok, size: str, **overrides) -> ScorerConfig:
+    from divcfg.music.tokenizer import special_ids
+    if size not in SCORER_SIZES:
+        raise UserError(f"unknown scorer size '{size}': choose one of {', '.join(SCORER_SIZES)}")
+    return ScorerConfig(vocab_size=len(tok), pad_id=special_ids(tok)["pad"], bar_id=tok["Bar_None"],
+                        **{**SCORER_SIZES[size], **overrides})
+
+
+def caption_embeddings(pieces: list[dict], progress: bool = True) -> tuple[list[list[int]], torch.Tensor, list[str]]:
+    """MiniLM embeddings of every caption of every piece: (per-piece caption row indices,
+    ``[n_unique, 384]``, the unique caption strings)."""
+    from divcfg.embedders.text import get_text_embedder
+    unique = sorted({c for p in pieces for c in p["captions"]})
+    if not unique:
+        raise UserError("the pieces have no captions: rebuild the data cache with `divcfg data`")
+    index = {c: i for i, c in enumerate(unique)}
+    enc = get_text_embedder()
+    chunks = [unique[i:i + 1024] for i in range(0, len(unique), 1024)]
+    emb = torch.cat([enc.encode(c) for c in tqdm(chunks, desc="caption embeddings", disable=not progress, leave=False)])
+    return [[index[c] for c in p["captions"]] for p in pieces], emb, unique
+
+
+def clip_loss(t: torch.Tensor, m: torch.Tensor, scale: torch.Tensor, caption_ids: torch.Tensor) -> torch.Tensor:
+    """Symmetric contrastive loss with same-caption pieces as extra positives (module docstring)."""
+    logits = scale.exp().clamp(max=100) * t @ m.T
+    same = (caption_ids[:, None] == caption_ids[None, :]).float()
+    target = same / same.sum(1, keepdim=True)
+    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target.T))
+
+
+def train_scorer(pieces: list[dict], tok, cfg: ScorerConfig, *, steps: int, minutes: float, batch_size: int,
+                 lr: float, seed: int = 0, progress: bool = True) -> tuple[AlignmentScorer, dict]:
+    """Train on (caption variant, piece) pairs until ``steps`` or ``minutes`` run out."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    scorer = AlignmentScorer(cfg, tok)
+    t_text = time.time()
+    cap_rows, cap_emb, _ = caption_embeddings(pieces, progress)
+    t_text = time.time() - t_text
+    params = [p for n, p in scorer.named_parameters()]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    budget, t0, step = minutes * 60.0, time.time(), 0
+    hist = {"loss": []}
+    bar = tqdm(total=steps, desc="scorer", disable=not progress, mininterval=2.0)
+    scorer.train()
+    while step < steps and time.time() - t0 < budget:
+        frac = max(step / steps, (time.time() - t0) / budget)
+        for g in opt.param_groups:
+            g["lr"] = lr * min(1.0, (step + 1) / 50) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
+        idx = rng.choice(len(pieces), size=min(batch_size, len(pieces)), replace=False)
+        cid = torch.tensor([cap_rows[i][rng.integers(len(cap_rows[i]))] for i in idx])
+        ids = scorer.pad_batch([pieces[i]["tokens"] for i in idx])
+        loss = clip_loss(scorer.text_embed(cap_emb[cid]), scorer.music_embed(ids), scorer.logit_scale, cid)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        step += 1
+        hist["loss"].append(loss.item())
+        bar.update(1)
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{np.mean(hist['loss'][-10:]):.3f}")
+    bar.close()
+    hist.update(steps=step, seconds=time.time() - t0, text_seconds=t_text)
+    return scorer.eval(), hist
+
+
+@torch.no_grad()
+def evaluate(scorer: AlignmentScorer, pieces: list[dict], n_pieces: int = 100, seed: int = 0) -> dict:
+    """Held-out recall@1/@10 among ``n_pieces`` candidates and matched-vs-mismatched AUC."""
+    if len(pieces) < n_pieces:
+        raise UserError(f"only {len(pieces)} held-out pieces for {n_pieces} candidates: lower --eval-pieces")
+    idx = np.random.default_rng(seed).choice(len(pieces), n_pieces, replace=False)
+    sel = [pieces[i] for i in idx]
+    scorer.eval()
+    t = scorer.encode_text([p["captions"][0] for p in sel])
+    m = torch.cat([scorer.music_embed(scorer.pad_batch([p["tokens"] for p in sel[i:i + 128]]))
+                   for i in range(0, n_pieces, 128)])
+    S = (t @ m.T).cpu()                                   # S[caption i, piece j]
+    own = S.diag()
+    rank = (S > own[:, None]).sum(1)                      # text -> music
+    off = ~torch.eye(n_pieces, dtype=torch.bool)
+    mism = S[off]
+    auc = ((own[:, None] > mism[None, :]).float().mean() + 0.5 * (own[:, None] == mism[None, :]).float().mean()).item()
+    own_above = ((own[None, :] > S) & off).sum(0).float() / (n_pieces - 1)   # per piece (column)
+    return {"recall@1": (rank < 1).float().mean().item(), "recall@10": (rank < 10).float().mean().item(),
+            "auc": auc, "own_above_other": own_above.mean().item(), "n_pieces": n_pieces,
+            "chance_recall@1": 1 / n_pieces, "chance_recall@10": 10 / n_pieces,
+            "mean_matched": own.mean().item(), "mean_mismatched": mism.mean().item()}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    t = sub.add_parser("train", help="train the scorer on a data cache and print held-out figures")
+    t.add_argument("--data-dir", default="data/small", help="data cache (from `divcfg data`)")
+    t.add_argument("--out", default="runs/small/scorer", help="checkpoint folder to write")
+    t.add_argument("--config", default="small", choices=sorted(PRESETS), help="named size (tiny: tests)")
+    t.add_argument("--minutes", type=float, help="wall-clock training budget (default: the preset's)")
+    t.add_argument("--steps", type=int, help="maximum optimiser steps (default: the preset's)")
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--lr", type=float)
+    t.add_argument("--max-train-pieces", type=int, help="use a random subset of the training split")
+    t.add_argument("--eval-pieces", type=int, default=100, help="N held-out candidates")
+    t.add_argument("--threads", type=int, default=1, help="torch CPU threads (the machine is shared)")
+    t.add_argument("--seed", type=int, default=0)
+    e = sub.add_parser("eval", help="held-out recall and AUC of a trained scorer")
+    e.add_argument("--checkpoint", default="runs/small/scorer")
+    e.add_argument("--data-dir", default="data/small")
+    e.add_argument("--split", default="test", choices=["val", "test"])
+    e.add_argument("--eval-pieces", type=int, default=100)
+    e.add_argument("--threads", type=int, default=1)
+    e.add_argument("--seed", type=int, default=0)
+
+
+def _print_eval(r: dict) -> None:
+    print(f"held-out ({r['n_pieces']} candidates): text->music recall@1 {r['recall@1']:.3f} "
+          f"(chance {r['chance_recall@1']:.3f}), recall@10 {r['recall@10']:.3f} (chance {r['chance_recall@10']:.2f}), "
+          f"AUC matched vs mismatched {r['auc']:.3f}, own caption above another {r['own_above_other']:.3f}")
+
+
+def run(args: argparse.Namespace) -> None:
+    from divcfg.music.corpus import load_split
+    from divcfg.music.tokenizer import load_tokenizer
+    from divcfg.provenance import provenance, seed_everything, write_json_atomic
+    torch.set_num_threads(args.threads)
+    seed_everything(args.seed)
+    data_dir = Path(args.data_dir)
+    test = load_split(data_dir, args.split if args.action == "eval" else "test")
+    if args.action == "eval":
+        _print_eval(evaluate(load_alignment_scorer(args.checkpoint), test, args.eval_pieces, args.seed))
+        return
+    preset = PRESETS[args.config]
+    tok = load_tokenizer(data_dir)
+    train = load_split(data_dir, "train")
+    if args.max_train_pieces and len(train) > args.max_train_pieces:
+        keep = np.random.default_rng(args.seed).choice(len(train), args.max_train_pieces, replace=False)
+        train = [train[i] for i in sorted(keep)]
+    cfg = make_config(tok, args.config)
+    scorer, hist = train_scorer(train, tok, cfg, steps=args.steps or preset["steps"],
+                                minutes=args.minutes if args.minutes is not None else preset["minutes"],
+                                batch_size=args.batch_size or preset["batch_size"], lr=args.lr or preset["lr"],
+                                seed=args.seed)
+    res = evaluate(scorer, test, args.eval_pieces, args.seed)
+    info = {"preset": args.config, "steps": hist["steps"], "train_seconds": round(hist["seconds"], 1),
+            "caption_embedding_seconds": round(hist["text_seconds"], 1), "n_train_pieces": len(train),
+            "final_loss": float(np.mean(hist["loss"][-20:]))}
+    save_alignment_scorer(args.out, scorer, tokenizer_path=data_dir / "tokenizer.json",
+                          extra={"data_dir": str(data_dir), "training": info, "eval": res,
+                                 "provenance": provenance(args.seed, data_dir=str(data_dir))})
+    write_json_atomic(Path(args.out) / "eval.json", {"training": info, **res})
+    print(f"trained {hist['steps']} steps in {hist['seconds']:.0f} s (+{hist['text_seconds']:.0f} s caption "
+          f"embeddings) on {len(train)} pieces (final loss {info['final_loss']:.3f}); wrote {args.out}")
+    _print_eval(res)
+    print(json.dumps({k: res[k] for k in ("recall@1", "recall@10", "auc")}))

@@ -1,0 +1,304 @@
+"""``divcfg embedder train|eval``: train the diversity embedder ``E`` and measure it.
+
+Training objective (NT-Xent / InfoNCE with in-batch negatives, SimCLR's form). A batch holds B
+pieces; each gives two non-overlapping chunks, independently augmented, embedded to unit vectors
+``z_1..z_2B`` (views 2b and 2b+1 from piece b). With ``s_ij = z_i·z_j / τ``:
+
+    L = -(1/2B) Σ_i log( exp(s_{i,p(i)}) / Σ_{j≠i} exp(s_ij) )
+
+``p(i)`` the other view of i's piece: each view must pick its partner out of the 2B-1 others.
+
+Chunks: a view of stretch factor f reads ``chunk_beats / f`` quarters of the piece and is stretched
+to ``chunk_beats``; the two source windows do not overlap and start on a beat. Pieces shorter than
+the two windows are skipped in training.
+
+Held-out retrieval (``retrieval``): N test pieces long enough for two chunks, two non-overlapping
+un-augmented chunks each; a chunk scores a hit when its nearest neighbour (cosine) among the other
+2N-1 chunks is its partner. Chance = 1/(2N-1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from divcfg.embedders.diversity import (DiversityEmbedder, EmbedderConfig, load_diversity_embedder,
+                                        pair_diversity, save_diversity_embedder)
+from divcfg.errors import UserError
+from divcfg.music import pianoroll as pr
+
+# named training presets: the ViT size plus how long to train
+PRESETS = {
+    "tiny": dict(vit="tiny", chunk_steps=32, out_dim=64, batch_size=64, lr=2e-3, minutes=1.0, steps=150),
+    "small": dict(vit="small", chunk_steps=64, out_dim=128, batch_size=128, lr=1e-3, minutes=14.0, steps=100_000),
+    "paper": dict(vit="paper", chunk_steps=64, out_dim=128, batch_size=256, lr=3e-4, minutes=600.0, steps=100_000),
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+
+
+def load_piece_notes(data_dir, split: str, max_pieces: int | None = None, seed: int = 0,
+                     progress: bool = True) -> tuple[list[np.ndarray], list[dict]]:
+    """Decode a split of the data cache into note arrays (quarters). Returns (notes, pieces)."""
+    from divcfg.music.corpus import load_split
+    from divcfg.music.tokenizer import load_tokenizer, tokens_to_score
+    tok = load_tokenizer(data_dir)
+    pieces = load_split(data_dir, split)
+    if max_pieces is not None and len(pieces) > max_pieces:
+        idx = np.random.default_rng(seed).choice(len(pieces), max_pieces, replace=False)
+        pieces = [pieces[i] for i in sorted(idx)]
+    notes, kept = [], []
+    for p in tqdm(pieces, desc=f"decode {split}", disable=not progress, leave=False):
+        n = pr.score_notes(tokens_to_score(tok, p["tokens"]))
+        if len(n):
+            notes.append(n)
+            kept.append(p)
+    return notes, kept
+
+
+class PairSampler:
+    """Positive pairs of augmented, non-overlapping chunks (see the module docstring)."""
+
+    def __init__(self, pieces: list[np.ndarray], cfg: EmbedderConfig, augment: pr.Augment | None, seed: int = 0):
+        self.cfg, self.augment = cfg, augment
+        self.rng = np.random.default_rng(seed)
+        need = 2 * cfg.chunk_beats * (augment.max_stretch if augment else 1.0)
+        self.pieces = [n for n in pieces if pr.length_beats(n) >= need]
+        if len(self.pieces) < 2:
+            raise UserError(f"only {len(self.pieces)} pieces are long enough for two {cfg.chunk_beats:g}-beat "
+                            f"chunks: use a shorter --chunk-steps or more data")
+
+    def _view(self, notes: np.ndarray, start: float, src_len: float, factor: float) -> np.ndarray:
+        w = pr.window(notes, start, src_len)
+        if self.augment is not None:
+            w = pr.time_stretch(w, factor)
+            if self.augment.max_transpose:
+                w = pr.transpose(w, int(self.rng.integers(-self.augment.max_transpose, self.augment.max_transpose + 1)))
+            a = self.augment
+            w = pr.note_noise(w, self.rng, p_drop=a.p_drop, p_insert=a.p_insert, jitter_steps=a.jitter_steps,
+                              spec=self.cfg.spec)
+        if self.cfg.canonical_key:
+            w = pr.canonical_key(w)
+        return pr.rasterize(w, 0, self.cfg.chunk_steps, self.cfg.spec)
+
+    def batch(self, batch_size: int) -> torch.Tensor:
+        """``[2B, 2, P, T]`` with rows 2b, 2b+1 the two views of piece b."""
+        cfg, a = self.cfg, self.augment
+        idx = self.rng.choice(len(self.pieces), size=min(batch_size, len(self.pieces)), replace=False)
+        rolls = []
+        for i in idx:
+            notes = self.pieces[i]
+            total = pr.length_beats(notes)
+            if a is not None and a.max_stretch > 1:
+                f = np.exp(self.rng.uniform(-1, 1, 2) * math.log(a.max_stretch))
+            else:
+                f = np.ones(2)
+            w = cfg.chunk_beats / f
+            first = math.floor(self.rng.uniform(0, max(total - w.sum(), 0) + 1e-9))
+            second = first + math.ceil(w[0]) + math.floor(self.rng.uniform(0, max(total - first - math.ceil(w[0]) - w[1], 0) + 1e-9))
+            if self.rng.random() < 0.5:   # either order: the earlier chunk is not always view 1
+                first, second, f, w = second, first, f[::-1], w[::-1]
+            rolls.append(self._view(notes, first, w[0], f[0]))
+            rolls.append(self._view(notes, second, w[1], f[1]))
+        return torch.from_numpy(np.stack(rolls))
+
+
+def info_nce(z: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """NT-Xent over ``z[2B, D]`` (unit rows, partners 2b/2b+1). Returns (loss, pair accuracy)."""
+    n = z.shape[0]
+    sim = z @ z.T / tau
+    sim = sim.masked_fill(torch.eye(n, dtype=torch.bool, device=z.device), float("-inf"))
+    target = torch.arange(n, device=z.device) ^ 1
+    return F.cross_entropy(sim, target), (sim.argmax(1) == target).float().mean()
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluation
+
+
+def retrieval_chunks(pieces: list[np.ndarray], cfg: EmbedderConfig, n_pieces: int = 100, seed: int = 0
+                     ) -> np.ndarray:
+    """Two non-overlapping, un-augmented chunks of ``n_pieces`` long-enough pieces:
+    ``[2N, 2, P, T]`` (rows 2b, 2b+1 from piece b). Deterministic given ``seed``."""
+    sampler = PairSampler(pieces, cfg, augment=None, seed=seed)
+    if len(sampler.pieces) < n_pieces:
+        raise UserError(f"only {len(sampler.pieces)} held-out pieces are long enough for two chunks; "
+                        f"need {n_pieces}: lower --eval-pieces")
+    sampler.pieces = [sampler.pieces[i] for i in
+                      np.random.default_rng(seed).choice(len(sampler.pieces), n_pieces, replace=False)]
+    return sampler.batch(n_pieces).numpy()
+
+
+@torch.no_grad()
+def retrieval(E: DiversityEmbedder, pieces: list[np.ndarray], n_pieces: int = 100, seed: int = 0) -> dict:
+    """Top-1 same-piece retrieval among ``2N`` held-out chunks (see the module docstring)."""
+    E.eval()
+    rolls = torch.from_numpy(retrieval_chunks(pieces, E.cfg, n_pieces, seed))
+    z = torch.cat([E(rolls[i:i + 256]) for i in range(0, len(rolls), 256)])
+    sim = (z @ z.T).fill_diagonal_(-2.0)
+    target = torch.arange(len(z)) ^ 1
+    top1 = (sim.argmax(1) == target).float().mean().item()
+    rank = (sim > sim[torch.arange(len(z)), target][:, None]).sum(1)
+    return {"top1": top1, "top5": (rank < 5).float().mean().item(), "chance": 1 / (len(z) - 1),
+            "n_pieces": n_pieces, "n_chunks": len(z)}
+
+
+@torch.no_grad()
+def invariance(E: DiversityEmbedder, pieces: list[np.ndarray], n_pieces: int = 100, seed: int = 0) -> dict:
+    """Mean ``1 - cos`` of whole-piece embeddings under each transformation, against the mean
+    between different pieces: how much E sees key, tempo and small noise relative to identity."""
+    rng = np.random.default_rng(seed)
+    idx = rng.choice(len(pieces), min(n_pieces, len(pieces)), replace=False)
+    base = [pieces[i] for i in idx]
+    e0 = E.embed_notes(base)
+    out = {}
+    for k in (1, 2, 5, 6):
+        out[f"transpose_{k:+d}"] = pair_diversity(e0, E.embed_notes([pr.transpose(n, k) for n in base])).mean().item()
+    for f in (0.8, 1.25):
+        out[f"stretch_{f:g}"] = pair_diversity(e0, E.embed_notes([pr.time_stretch(n, f) for n in base])).mean().item()
+    noisy = [pr.note_noise(n, rng) for n in base]
+    out["note_noise"] = pair_diversity(e0, E.embed_notes(noisy)).mean().item()
+    out["other_piece"] = pair_diversity(e0, e0.roll(1, 0)).mean().item()
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# training
+
+
+def train_embedder(train_pieces: list[np.ndarray], cfg: EmbedderConfig, *, augment: pr.Augment | None,
+                   steps: int, minutes: float, batch_size: int, lr: float, tau: float = 0.1,
+                   seed: int = 0, progress: bool = True) -> tuple[DiversityEmbedder, dict]:
+    """Train ``E`` until ``steps`` or ``minutes`` run out (the cosine schedule follows whichever
+    is closer to done). Returns (E in eval mode, history)."""
+    torch.manual_seed(seed)
+    E = DiversityEmbedder(cfg)
+    sampler = PairSampler(train_pieces, cfg, augment, seed=seed)
+    opt = torch.optim.AdamW(E.parameters(), lr=lr, weight_decay=0.05)
+    budget = minutes * 60.0
+    t0 = time.time()
+    hist = {"loss": [], "acc": []}
+    bar = tqdm(total=steps, desc="embedder", disable=not progress, mininterval=2.0)
+    step = 0
+    E.train()
+    while step < steps and time.time() - t0 < budget:
+        progress_frac = max(step / steps, (time.time() - t0) / budget)
+        warm = min(1.0, (step + 1) / 50)
+        for g in opt.param_groups:
+            g["lr"] = lr * warm * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(progress_frac, 1.0))))
+        x = sampler.batch(batch_size)
+        loss, acc = info_nce(E(x), tau)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(E.parameters(), 1.0)
+        opt.step()
+        step += 1
+        hist["loss"].append(loss.item())
+        hist["acc"].append(acc.item())
+        bar.update(1)
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{np.mean(hist['loss'][-10:]):.3f}", acc=f"{np.mean(hist['acc'][-10:]):.2f}")
+    bar.close()
+    hist.update(steps=step, seconds=time.time() - t0, n_train_pieces=len(sampler.pieces))
+    return E.eval(), hist
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    t = sub.add_parser("train", help="train E on a data cache and print held-out retrieval")
+    t.add_argument("--data-dir", default="data/small", help="data cache (from `divcfg data`)")
+    t.add_argument("--out", default="runs/small/embedder", help="checkpoint folder to write")
+    t.add_argument("--config", default="small", choices=sorted(PRESETS),
+                   help="named size: tiny (tests, <1 min), small (default, ~15 min on 2 CPU cores), "
+                        "paper (12 layers, 6 heads)")
+    t.add_argument("--minutes", type=float, help="wall-clock training budget (default: the preset's)")
+    t.add_argument("--steps", type=int, help="maximum optimiser steps (default: the preset's)")
+    t.add_argument("--batch-size", type=int, help="pieces per batch (2 views each)")
+    t.add_argument("--lr", type=float, help="peak AdamW learning rate")
+    t.add_argument("--tau", type=float, default=0.1, help="InfoNCE temperature")
+    t.add_argument("--chunk-steps", type=int, help="chunk length in 16th-note steps")
+    t.add_argument("--max-transpose", type=int, default=6,
+                   help="transposition augmentation in ±semitones (0: E sees key)")
+    t.add_argument("--max-stretch", type=float, default=1.25, help="time-stretch factor range [1/x, x]")
+    t.add_argument("--p-drop", type=float, default=0.1, help="note-drop probability")
+    t.add_argument("--p-insert", type=float, default=0.05, help="inserted notes per note")
+    t.add_argument("--jitter-steps", type=float, default=0.5, help="onset jitter std in 16th steps")
+    t.add_argument("--no-augment", action="store_true", help="train without any augmentation")
+    t.add_argument("--max-train-pieces", type=int, help="use a random subset of the training split")
+    t.add_argument("--eval-pieces", type=int, default=100, help="N held-out pieces for retrieval")
+    t.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    t.add_argument("--seed", type=int, default=0)
+    e = sub.add_parser("eval", help="held-out retrieval and invariance figures of a trained E")
+    e.add_argument("--checkpoint", default="runs/small/embedder")
+    e.add_argument("--data-dir", default="data/small")
+    e.add_argument("--split", default="test", choices=["val", "test"])
+    e.add_argument("--eval-pieces", type=int, default=100)
+    e.add_argument("--threads", type=int, default=2)
+    e.add_argument("--seed", type=int, default=0)
+
+
+def evaluate(E: DiversityEmbedder, pieces: list[np.ndarray], n_pieces: int, seed: int = 0) -> dict:
+    return {"retrieval": retrieval(E, pieces, n_pieces, seed), "invariance": invariance(E, pieces, n_pieces, seed)}
+
+
+def _print_eval(res: dict) -> None:
+    r = res["retrieval"]
+    print(f"held-out retrieval: top-1 {r['top1']:.3f}, top-5 {r['top5']:.3f} among {r['n_chunks']} chunks "
+          f"of {r['n_pieces']} pieces (chance {r['chance']:.4f})")
+    print("invariance (mean 1-cos to the original): " +
+          ", ".join(f"{k} {v:.3f}" for k, v in res["invariance"].items()))
+
+
+def run(args: argparse.Namespace) -> None:
+    from divcfg.provenance import provenance, seed_everything, write_json_atomic
+    torch.set_num_threads(args.threads)
+    seed_everything(args.seed)
+    data_dir = Path(args.data_dir)
+    if args.action == "eval":
+        E = load_diversity_embedder(args.checkpoint)
+        pieces, _ = load_piece_notes(data_dir, args.split)
+        res = evaluate(E, pieces, args.eval_pieces, args.seed)
+        _print_eval(res)
+        return
+    preset = PRESETS[args.config]
+    cfg = EmbedderConfig(vit=preset["vit"], chunk_steps=args.chunk_steps or preset["chunk_steps"],
+                         out_dim=preset["out_dim"])
+    augment = None if args.no_augment else pr.Augment(args.max_transpose, args.max_stretch, args.p_drop,
+                                                        args.p_insert, args.jitter_steps)
+    t_load = time.time()
+    train, _ = load_piece_notes(data_dir, "train", args.max_train_pieces, args.seed)
+    test, _ = load_piece_notes(data_dir, "test")
+    t_load = time.time() - t_load
+    E, hist = train_embedder(train, cfg, augment=augment, steps=args.steps or preset["steps"],
+                             minutes=args.minutes if args.minutes is not None else preset["minutes"],
+                             batch_size=args.batch_size or preset["batch_size"], lr=args.lr or preset["lr"],
+                             tau=args.tau, seed=args.seed)
+    res = evaluate(E, test, args.eval_pieces, args.seed)
+    train_info = {"preset": args.config, "augment": asdict(augment) if augment else None, "tau": args.tau,
+                  "steps": hist["steps"], "train_seconds": round(hist["seconds"], 1),
+                  "decode_seconds": round(t_load, 1), "n_train_pieces": hist["n_train_pieces"],
+                  "final_loss": float(np.mean(hist["loss"][-20:])), "final_pair_acc": float(np.mean(hist["acc"][-20:]))}
+    tok_path = data_dir / "tokenizer.json"
+    save_diversity_embedder(args.out, E, tokenizer_path=tok_path if tok_path.exists() else None,
+                            extra={"data_dir": str(data_dir), "training": train_info, "eval": res,
+                                   "provenance": provenance(args.seed, data_dir=str(data_dir))})
+    write_json_atomic(Path(args.out) / "eval.json", {"training": train_info, **res})
+    print(f"trained {hist['steps']} steps in {hist['seconds']:.0f} s on {hist['n_train_pieces']} pieces "
+          f"(final loss {train_info['final_loss']:.3f}); wrote {args.out}")
+    _print_eval(res)
+    print(json.dumps({"top1": res["retrieval"]["top1"], "chance": res["retrieval"]["chance"]}))
