@@ -120,3 +120,15 @@ def test_windows_cut_at_bars_and_restate_the_meter(tiny_data_dir):
             pos += len(w)
     assert pos == len(toks)
     assert len(corpus.windows(toks, bar, ts_ids, max_tokens=100, max_windows=2)) == 2
+
+
+def test_split_key_groups_tune_versions_but_not_mass_movements():
+    a = {"id": "oneills1850/0732-0758_bs#740", "meta": {"collection": "oneills", "title": "The Night Cap"}}
+    b = {"id": "oneills1850/0732-0758_mh#740", "meta": {"collection": "oneills", "title": "Night Cap, The"}}
+    c = {"id": "ryansMammoth/NightCapJig", "meta": {"collection": "ryans", "title": "Night Cap -- Jig"}}
+    assert corpus.split_key(a) == corpus.split_key(c)
+    k1 = {"id": "palestrina/Kyrie_01", "meta": {"collection": "palestrina", "title": "Kyrie"}}
+    k2 = {"id": "palestrina/Kyrie_02@3", "meta": {"collection": "palestrina", "title": "Kyrie"}}
+    assert corpus.split_key(k1) != corpus.split_key(k2)
+    assert corpus.split_key(k2) == corpus.split_key({"id": "palestrina/Kyrie_02@0", "meta": k2["meta"]})
+    assert corpus.split_key(a) == corpus.split_key(b)

@@ -43,7 +43,7 @@ from divcfg.errors import UserError
 from divcfg.music import captions as cap
 from divcfg.music import tokenizer as tk
 
-PIPELINE_VERSION = 4
+PIPELINE_VERSION = 5
 SPLITS = ("train", "val", "test")
 SPLIT_BOUNDS = (900, 950)  # of 1000: train < 900 <= val < 950 <= test
 
@@ -412,11 +412,24 @@ def _worker_tokenizer():
 
 
 # ================================================================ split, windows
+# collections whose titles name a tune (variants of one tune share it): split by title there.
+# Elsewhere titles repeat across different works (every Palestrina mass has a "Kyrie"): by id.
+SPLIT_BY_TITLE = {"essen", "oneills", "ryans", "aird", "folk", "bach"}
+
+
 def split_key(piece: dict) -> str:
-    title = (piece["meta"].get("title") or "").lower()
+    """What the split hashes: the normalised title ("The Hag with the Money -- Jig" ->
+    "hagwithmoney", "25. Christ lag in Todesbanden" -> "christlagintodesbanden") in
+    SPLIT_BY_TITLE collections, else the piece id (windows of a piece share its base id)."""
+    meta = piece["meta"]
+    base_id = piece["id"].split("@", 1)[0]
+    if meta.get("collection", piece.get("collection")) not in SPLIT_BY_TITLE:
+        return f"id:{base_id}"
+    title = (meta.get("title") or "").lower()
     title = re.sub(r"--.*$", "", title)  # Ryan's "Name -- Reel"
+    title = re.sub(r"^[\d\s.,:;-]+", "", title)  # "25. Christ lag ..."
     norm = re.sub(r"[^a-z0-9]+", "", re.sub(r"\b(the|a|an|der|die|das)\b", "", title))
-    return f"title:{norm}" if len(norm) >= 4 else f"id:{piece['id']}"
+    return f"title:{norm}" if len(norm) >= 4 else f"id:{base_id}"
 
 
 def split_of(key: str) -> str:
