@@ -1,0 +1,190 @@
+"""`divcfg demo`: the whole pipeline on the embedded music21 testbed.
+
+    data → base model → diversity embedder E → alignment scorer → γ* (CFG sweep on validation
+    prompts) → distilled student β=0 → diversity student β>0 → evaluation of base, CFG γ-sweep,
+    temperature sweep, both students and the merge λ-sweep on held-out prompts → HTML report
+
+Every stage is cached: it is skipped when its output exists (``--force STAGE`` redoes one).
+A stage that was interrupted resumes where its checkpoint left off. Wall times of every stage
+and the chosen γ* are written to ``<root>/demo.json``; the last line names the report.
+
+γ* is chosen on *validation* prompts (never the held-out test prompts the evaluation reports):
+the γ with the highest mean alignment score, where an empty or note-less generation scores −1.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from divcfg.cli import main as cli_main
+from divcfg.errors import UserError
+from divcfg.provenance import provenance, write_json_atomic
+
+
+@dataclass(frozen=True)
+class DemoPreset:
+    data_preset: str
+    pretrain: dict
+    embedder: dict
+    scorer: dict
+    gamma_sweep: dict
+    finetune: dict
+    evaluate: dict
+    beta: float
+    threads: int = 2
+
+
+PRESETS: dict[str, DemoPreset] = {
+    # ~20 minutes on an idle 2-core machine
+    "demo": DemoPreset(
+        data_preset="small",
+        pretrain={"preset": "demo", "max-minutes": "5"},
+        embedder={"config": "small", "minutes": "2"},
+        scorer={"config": "small", "minutes": "1.5"},
+        gamma_sweep={"cfg-gammas": "1.5,2,3", "num-prompts": "12", "generations": "2", "max-new-tokens": "256"},
+        finetune={"preset": "demo"},
+        evaluate={"preset": "demo"},
+        beta=15.0),
+    # minutes: for the test suite
+    "tiny": DemoPreset(
+        data_preset="tiny",
+        pretrain={"preset": "tiny", "max-steps": "60"},
+        embedder={"config": "tiny", "steps": "20", "eval-pieces": "6"},
+        scorer={"config": "tiny", "steps": "20", "eval-pieces": "6"},
+        gamma_sweep={"preset": "tiny", "cfg-gammas": "1.5,2", "num-prompts": "3", "generations": "2",
+                     "max-new-tokens": "48", "temperatures": "", "quality": "", "diversity": ""},
+        finetune={"preset": "tiny"},
+        evaluate={"preset": "tiny"},
+        beta=15.0, threads=2),
+    # the bigger run: all of the small presets (≈1.5 h on 2 cores)
+    "small": DemoPreset(
+        data_preset="small",
+        pretrain={"preset": "small"},
+        embedder={"config": "small"},
+        scorer={"config": "small"},
+        gamma_sweep={"cfg-gammas": "1.5,2,3,4", "num-prompts": "32", "generations": "2"},
+        finetune={"preset": "small"},
+        evaluate={"preset": "small"},
+        beta=15.0),
+}
+
+
+STAGES = ("data", "pretrain", "embedder", "scorer", "gamma", "finetune_beta0", "finetune_beta", "evaluate",
+          "report")
+
+
+def _flags(d: dict) -> list[str]:
+    out: list[str] = []
+    for k, v in d.items():
+        out += [f"--{k}", str(v)]
+    return out
+
+
+def _call(argv: list[str]) -> None:
+    code = cli_main(argv)
+    if code != 0:
+        raise UserError(f"stage `divcfg {' '.join(argv[:2])}` failed (exit {code}); fix the error above and "
+                        f"rerun `divcfg demo` (finished stages are kept)")
+
+
+def _done_checkpoint(path: Path) -> bool:
+    return (path / "model.safetensors").exists() or (path / "checkpoint" / "model.safetensors").exists()
+
+
+def choose_gamma(results_file: Path) -> tuple[float, dict[float, float]]:
+    """γ with the best mean validation alignment among the CFG sweep (ties → the smaller γ)."""
+    res = json.loads(results_file.read_text())
+    by_gamma = {float(r["gamma"]): float(r["quality"]) for r in res["systems"]
+                if r["family"] in ("base", "cfg") and float(r.get("temperature", 1.0)) == 1.0}
+    best = max(sorted(by_gamma), key=lambda g: by_gamma[g])
+    return best, by_gamma
+
+
+def run_demo(preset: str = "demo", root: str | None = None, data_root: str = "data",
+             force: tuple[str, ...] = ()) -> Path:
+    p = PRESETS[preset]
+    root_dir = Path(root or f"runs/{preset}")
+    root_dir.mkdir(parents=True, exist_ok=True)
+    data_dir = Path(data_root) / p.data_preset
+    ck = {name: root_dir / name for name in ("base", "embedder", "scorer", "gamma_sweep", "ft_beta0",
+                                              f"ft_beta{p.beta:g}", "eval")}
+    record_file = root_dir / "demo.json"
+    record = json.loads(record_file.read_text()) if record_file.exists() else {"stages": {}}
+    record["preset"] = preset
+    threads = ["--threads", str(p.threads)]
+
+    def stage(name: str, done: bool, argv_fn) -> None:
+        i = STAGES.index(name) + 1
+        if done and name not in force:
+            print(f"[{i}/{len(STAGES)}] {name}: cached, skipped")
+            return
+        print(f"[{i}/{len(STAGES)}] {name}: running `divcfg {' '.join(argv_fn()[:1])}` …", flush=True)
+        t0 = time.time()
+        _call(argv_fn())
+        record["stages"][name] = {"wall_s": round(time.time() - t0, 1)}
+        write_json_atomic(record_file, record)
+        print(f"[{i}/{len(STAGES)}] {name}: done in {time.time() - t0:.0f} s", flush=True)
+
+    beta_name = f"ft_beta{p.beta:g}"
+    stage("data", (data_dir / "manifest.json").exists(),
+          lambda: ["data", "--preset", p.data_preset, "--data-dir", data_root])
+    stage("pretrain", _done_checkpoint(ck["base"]),
+          lambda: ["pretrain", *_flags(p.pretrain), "--data-dir", str(data_dir), "--out", str(ck["base"]),
+                   "--resume", *threads])
+    stage("embedder", _done_checkpoint(ck["embedder"]),
+          lambda: ["embedder", "train", *_flags(p.embedder), "--data-dir", str(data_dir),
+                   "--out", str(ck["embedder"]), *threads])
+    stage("scorer", _done_checkpoint(ck["scorer"]),
+          lambda: ["scorer", "train", *_flags(p.scorer), "--data-dir", str(data_dir),
+                   "--out", str(ck["scorer"]), *threads])
+    stage("gamma", (ck["gamma_sweep"] / "results.json").exists(),
+          lambda: ["evaluate", *_flags({"temperatures": "", "quality": "", "diversity": "", "lams": "",
+                                        **p.gamma_sweep}),
+                   "--split", "val", "--base", str(ck["base"]), "--embedder", str(ck["embedder"]),
+                   "--scorer", str(ck["scorer"]), "--data-dir", str(data_dir), "--out", str(ck["gamma_sweep"]),
+                   *threads])
+    gamma, by_gamma = choose_gamma(ck["gamma_sweep"] / "results.json")
+    record["gamma_star"] = gamma
+    record["gamma_sweep_val_quality"] = {f"{g:g}": q for g, q in by_gamma.items()}
+    write_json_atomic(record_file, record)
+    print(f"γ* = {gamma:g} (validation alignment by γ: "
+          + ", ".join(f"{g:g}: {q:.3f}" for g, q in sorted(by_gamma.items())) + ")")
+    for name, beta, out in (("finetune_beta0", 0.0, ck["ft_beta0"]), ("finetune_beta", p.beta, ck[beta_name])):
+        stage(name, (out / "summary.json").exists(),
+              lambda beta=beta, out=out: ["finetune", *_flags(p.finetune), "--base", str(ck["base"]),
+                                          "--gamma", f"{gamma:g}", "--beta", f"{beta:g}",
+                                          "--embedder", str(ck["embedder"]), "--scorer", str(ck["scorer"]),
+                                          "--data-dir", str(data_dir), "--out", str(out), "--resume",
+                                          *threads])
+    stage("evaluate", (ck["eval"] / "results.json").exists(),
+          lambda: ["evaluate", *_flags(p.evaluate), "--base", str(ck["base"]),
+                   "--quality", str(ck["ft_beta0"]), "--diversity", str(ck[beta_name]),
+                   "--embedder", str(ck["embedder"]), "--scorer", str(ck["scorer"]),
+                   "--data-dir", str(data_dir), "--out", str(ck["eval"]), *threads])
+    stage("report", False,
+          lambda: ["report", str(ck["eval"]),
+                   "--training-log", f"β=0={ck['ft_beta0'] / 'metrics.jsonl'}",
+                   "--training-log", f"β={p.beta:g}={ck[beta_name] / 'metrics.jsonl'}"])
+    record["total_wall_s"] = round(sum(s["wall_s"] for s in record["stages"].values()), 1)
+    record["provenance"] = provenance(0, stage="demo")
+    write_json_atomic(record_file, record)
+    report = ck["eval"] / "report.html"
+    print(f"report: {report.resolve()}")
+    return report
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="demo",
+                        help="demo: ~20 min on 2 cores; small: the full-size small presets; tiny: tests")
+    parser.add_argument("--root", default=None, help="folder for all runs (default: runs/<preset>)")
+    parser.add_argument("--data-root", default="data", help="folder for data sets")
+    parser.add_argument("--force", action="append", default=[],
+                        help="redo a stage even if cached (repeatable): data, pretrain, embedder, scorer, "
+                             "gamma, finetune_beta0, finetune_beta, evaluate")
+
+
+def run(args) -> None:
+    run_demo(args.preset, args.root, args.data_root, tuple(args.force))
