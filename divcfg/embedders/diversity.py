@@ -158,8 +158,9 @@ class DiversityEmbedder(nn.Module):
 
 
 def pair_diversity(e1: torch.Tensor, e2: torch.Tensor) -> torch.Tensor:
-    """``1 - cos`` of unit rows, clamped to [0, 2]."""
-    return (1 - (e1 * e2).sum(-1)).clamp(0.0, 2.0)
+    """``1 - cos`` of unit rows, clamped to [0, 2]; exactly 0 for identical rows (no rounding noise)."""
+    d = (1 - (e1 * e2).sum(-1)).clamp(0.0, 2.0)
+    return torch.where((e1 == e2).all(-1), torch.zeros_like(d), d)
 
 
 def diversity(E: DiversityEmbedder, y1s: Sequence[Sequence[int]], y2s: Sequence[Sequence[int]],
@@ -194,7 +195,7 @@ def group_diversity(E: DiversityEmbedder, groups: Sequence[Sequence[Sequence[int
             means.append(float("nan"))
             loo.append(torch.zeros(g))
             continue
-        d = (1 - e @ e.T).clamp(0.0, 2.0)
+        d = pair_diversity(e[:, None, :], e[None, :, :])
         if empty_value is not None:
             both = v[:, None] & v[None, :]
             d = torch.where(both, d, torch.full_like(d, empty_value))

@@ -133,8 +133,9 @@ def retrieval_chunks(pieces: list[np.ndarray], cfg: EmbedderConfig, n_pieces: in
     ``[2N, 2, P, T]`` (rows 2b, 2b+1 from piece b). Deterministic given ``seed``."""
     sampler = PairSampler(pieces, cfg, augment=None, seed=seed)
     if len(sampler.pieces) < n_pieces:
-        raise UserError(f"only {len(sampler.pieces)} held-out pieces are long enough for two chunks; "
-                        f"need {n_pieces}: lower --eval-pieces")
+        print(f"note: only {len(sampler.pieces)} held-out pieces are long enough for two chunks; "
+              f"retrieval uses all of them instead of {n_pieces}")
+        n_pieces = len(sampler.pieces)
     sampler.pieces = [sampler.pieces[i] for i in
                       np.random.default_rng(seed).choice(len(sampler.pieces), n_pieces, replace=False)]
     return sampler.batch(n_pieces).numpy()
@@ -145,6 +146,7 @@ def retrieval(E: DiversityEmbedder, pieces: list[np.ndarray], n_pieces: int = 10
     """Top-1 same-piece retrieval among ``2N`` held-out chunks (see the module docstring)."""
     E.eval()
     rolls = torch.from_numpy(retrieval_chunks(pieces, E.cfg, n_pieces, seed))
+    n_pieces = len(rolls) // 2
     z = torch.cat([E(rolls[i:i + 256]) for i in range(0, len(rolls), 256)])
     sim = (z @ z.T).fill_diagonal_(-2.0)
     target = torch.arange(len(z)) ^ 1
