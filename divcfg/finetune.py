@@ -41,6 +41,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -269,6 +270,11 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
     tok_file = tokenizer_path(base_config)
     if not tok_file.exists():
         tok_file = data_dir / "tokenizer.json"
+    out.mkdir(parents=True, exist_ok=True)
+    run_tok_file = out / "tokenizer.json"   # a copy: every checkpoint of the run gets the base's tokenizer
+    if not run_tok_file.exists():
+        shutil.copyfile(tok_file, run_tok_file)
+    tok_file = run_tok_file
 
     state = None
     has_ckpt = (ckpt_dir / "model.safetensors").exists() or (out / "checkpoint.old" / "model.safetensors").exists()
