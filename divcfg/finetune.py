@@ -195,12 +195,45 @@ def load_judges(cfg: FinetuneConfig):
     return embedder, scorer
 
 
+def key_pitch_class(key: str | None) -> tuple[int, str] | None:
+    """``"F# minor"`` -> ``(6, "minor")``; None for missing or unparsable keys."""
+    from divcfg.music.captions import FLAT_NAMES, SHARP_NAMES
+    parts = (key or "").split()
+    if len(parts) != 2 or parts[1] not in ("major", "minor"):
+        return None
+    name = parts[0].replace("-", "b")
+    for names in (SHARP_NAMES, FLAT_NAMES):
+        if name in names:
+            return names.index(name), parts[1]
+    return None
+
+
+def in_key_rate(tokenizer, seqs: list[list[int]], requested: list[str | None]) -> float:
+    """Fraction of generations whose Krumhansl-Schmuckler key estimate (``captions.estimate_key``)
+    is the requested key (same tonic pitch class and mode), over prompts that name a key; an
+    empty or undecodable generation counts as a miss. NaN when no prompt names a key."""
+    from divcfg.music.captions import estimate_key
+    from divcfg.music.pianoroll import score_notes
+    from divcfg.music.tokenizer import tokens_to_score
+    hits, n = 0, 0
+    for ids, key in zip(seqs, requested):
+        want = key_pitch_class(key)
+        if want is None:
+            continue
+        n += 1
+        notes = score_notes(tokens_to_score(tokenizer, ids))
+        got = estimate_key([(o, p, d) for o, d, p in notes.tolist()]) if len(notes) else None
+        hits += int(key_pitch_class(got) == want)
+    return hits / n if n else float("nan")
+
+
 @torch.no_grad()
 def quick_eval(model, teacher, prompts, cfg: FinetuneConfig, embedder, scorer, restrict: VocabRestriction,
-               autocast: bool, gamma: float = 1.0, prefix: str = "eval") -> dict[str, float]:
+               autocast: bool, gamma: float = 1.0, prefix: str = "eval", tokenizer=None) -> dict[str, float]:
     """Sample ``eval_samples`` generations per validation prompt from ``model`` at guidance ``gamma``
     (1 = no CFG) with a fixed seed; report alignment (if a scorer), diversity (if an embedder), the
-    empty rate, lengths and — for γ=1 — the reverse KL of the samples' distribution to the teacher."""
+    in-key rate (if a tokenizer), the empty rate, lengths and — for γ=1 — the reverse KL of the
+    samples' distribution to the teacher."""
     G = cfg.eval_samples
     cond = prompts.cond.repeat_interleave(G, dim=0)
     gen = torch.Generator().manual_seed(cfg.seed + 12345)
@@ -222,6 +255,8 @@ def quick_eval(model, teacher, prompts, cfg: FinetuneConfig, embedder, scorer, r
         r = diversity_rewards(emb, G, valid)
         res[f"{prefix}/diversity"] = float(r.mean())
         res[f"{prefix}/empty_rate"] = float((~valid).float().mean())
+    if tokenizer is not None:
+        res[f"{prefix}/in_key_rate"] = in_key_rate(tokenizer, seqs, [m.get("key") for m in prompts.meta for _ in range(G)])
     if scorer is not None:
         texts = [t for t in prompts.texts for _ in range(G)]
         res[f"{prefix}/alignment"] = float(torch.as_tensor(scorer.score(texts, seqs)).float().mean())
@@ -297,6 +332,8 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
     student.eval()  # dropout off: the distribution trained is the one sampled
 
     embedder, scorer = load_judges(cfg)
+    from divcfg.music.tokenizer import load_tokenizer
+    tokenizer = load_tokenizer(tok_file)
     train_prompts = TrainPrompts(data_dir)
     val_prompts = load_prompts(data_dir, "val", limit=cfg.eval_prompts, seed=cfg.seed)
     restrict = VocabRestriction(student.cfg.vocab_size, [student.cfg.pad_id, student.cfg.bos_id])
@@ -347,7 +384,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
 
     def evaluate(tag: str) -> dict:
         t0 = time.time()
-        res = quick_eval(student, teacher, val_prompts, cfg, embedder, scorer, restrict, autocast)
+        res = quick_eval(student, teacher, val_prompts, cfg, embedder, scorer, restrict, autocast, tokenizer=tokenizer)
         res["eval/seconds"] = time.time() - t0
         log({"step": step, **res})
         return res
@@ -358,7 +395,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
         first_eval = evaluate("start")
         if cfg.eval_teacher:
             first_eval.update(quick_eval(teacher, teacher, val_prompts, cfg, embedder, scorer, restrict, autocast,
-                                         gamma=cfg.gamma, prefix="eval_teacher"))
+                                         gamma=cfg.gamma, prefix="eval_teacher", tokenizer=tokenizer))
             log({"step": step, **{k: v for k, v in first_eval.items() if k.startswith("eval_teacher")}})
         last_eval = first_eval
         tqdm.write("start: " + _fmt(first_eval))

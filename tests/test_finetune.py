@@ -176,3 +176,19 @@ def test_user_errors_and_nan_guard(data_dir, base_ckpt, tmp_path):
     with pytest.raises(UserError, match="step 4"):
         check_finite(torch.tensor(float("nan")), torch.tensor(1.0), 5, tmp_path, 4)
     assert all(f.metadata.get("help") for f in dataclasses.fields(FinetuneConfig))
+
+
+def test_in_key_rate_on_real_tunes(data_dir):
+    """The quick evaluation's key check: real tunes are mostly in the key their metadata names."""
+    from divcfg.finetune import in_key_rate, key_pitch_class
+    from divcfg.music.corpus import load_split
+    from divcfg.music.tokenizer import load_tokenizer
+    assert key_pitch_class("F# minor") == (6, "minor") and key_pitch_class("Gb minor") == (6, "minor")
+    assert key_pitch_class("B- major") == (10, "major") and key_pitch_class("modal") is None
+    pieces = [p for p in load_split(data_dir, "train") if key_pitch_class(p["meta"].get("key"))][:30]
+    tok = load_tokenizer(data_dir)
+    right = in_key_rate(tok, [p["tokens"] for p in pieces], [p["meta"]["key"] for p in pieces])
+    shifted = in_key_rate(tok, [p["tokens"] for p in pieces], ["C# major" if p["meta"]["key"] != "C# major" else "G major"
+                                                              for p in pieces])
+    assert right > 0.6 and shifted < 0.2 and right > shifted, (right, shifted)
+    assert in_key_rate(tok, [[]], ["D major"]) == 0.0
