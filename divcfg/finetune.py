@@ -88,6 +88,8 @@ class FinetuneConfig:
     max_new_tokens: int = field(256, "cap on the generated tokens per sample during training")
     temperature: float = field(1.0, "student sampling temperature (1 = on-policy)")
     cfg_mode: str = field("batched", f"teacher CFG passes: {', '.join(CFG_MODES)}")
+    updates_per_batch: int = field(1, "optimizer steps per sampled batch (>1 reuses the samples, slightly "
+                                   "off-policy: cheaper than sampling, which dominates the step time)")
     lr: float = field(1e-4, "peak learning rate (AdamW)")
     weight_decay: float = field(0.0, "AdamW weight decay on matrices")
     warmup_steps: int = field(10, "linear warm-up steps, then a constant rate")
@@ -101,7 +103,8 @@ class FinetuneConfig:
     eval_teacher: bool = field(True, "at the start of a run, also evaluate the teacher (base + CFG γ)")
     ckpt_every: int = field(50, "checkpoint every N steps")
     bf16: bool = field(True, "bf16 autocast on CPUs that support it")
-    threads: int = field(0, "torch CPU threads (0 = leave torch's default)")
+    threads: int = field(0, "torch CPU threads (0 = leave torch's default). On a shared 2-core machine 1 is "
+                         "much faster: 2 threads that wait on each other slow sampling down ~30x under load")
     preset: str = field("small", "preset this config came from (informational)")
 
     def validate(self) -> None:
@@ -122,6 +125,7 @@ class FinetuneConfig:
             (self.max_new_tokens >= 1 and self.prompts_per_step >= 1 and self.max_steps >= 0,
              "--max-new-tokens and --prompts-per-step must be positive"),
             (self.temperature > 0, "--temperature must be > 0"),
+            (self.updates_per_batch >= 1, "--updates-per-batch must be at least 1"),
             (self.eval_samples >= 2 or not self.embedder, "--eval-samples must be at least 2 to measure diversity"),
         ]
         for ok, msg in checks:
@@ -135,8 +139,8 @@ PRESETS: dict[str, dict] = {
                  eval_every=10, eval_prompts=4, ckpt_every=10, preset="tiny"),
     "demo": dict(data_dir="data/small", base="runs/demo/base", embedder="runs/demo/embedder", out="runs/demo/ft",
                  prompts_per_step=8, max_new_tokens=160, max_steps=80, max_minutes=2.5, eval_every=0,
-                 eval_prompts=8, ckpt_every=20, preset="demo"),
-    "small": dict(),
+                 eval_prompts=8, ckpt_every=20, threads=1, preset="demo"),
+    "small": dict(threads=1),
     # the paper's batch: 128 generations per step (64 prompts × 2); other values are our choice
     "paper": dict(data_dir="data/full", base="runs/full/base", embedder="runs/full/embedder", out="runs/full/ft",
                   prompts_per_step=64, group_size=2, max_new_tokens=639, lr=3e-5, warmup_steps=100,
@@ -433,25 +437,29 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
         t_reward = time.time() - t0
 
         t0 = time.time()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-            student_lp = restrict.logprobs(student(x, cond))
-        per_tok = token_divergence(student_lp, teacher_lp, cfg.divergence, cfg.jsd_beta)
-        kl = masked_token_mean(per_tok, mask)
-        loss = kl
-        surrogate = torch.zeros(())
         n_gen = mask.sum()
-        if adv is not None and cfg.beta > 0:
-            seq_lp = sequence_logprobs(student_lp, targets, mask)
-            surrogate = reinforce_surrogate(seq_lp, adv)
-            if cfg.pg_normalise == "token":
-                surrogate = surrogate / (n_gen.float() / mask.shape[0]).clamp(min=1.0)
-            loss = kl - cfg.beta * surrogate
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        gnorm = torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.grad_clip)
-        check_finite(loss, gnorm, step, ckpt_dir, saved_step)
-        opt.step()
-        sched.step()
+        first = None
+        for _ in range(cfg.updates_per_batch):  # passes after the first reuse the batch (slightly off-policy)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                student_lp = restrict.logprobs(student(x, cond))
+            kl = masked_token_mean(token_divergence(student_lp, teacher_lp, cfg.divergence, cfg.jsd_beta), mask)
+            loss = kl
+            surrogate = torch.zeros(())
+            if adv is not None and cfg.beta > 0:
+                seq_lp = sequence_logprobs(student_lp, targets, mask)
+                surrogate = reinforce_surrogate(seq_lp, adv)
+                if cfg.pg_normalise == "token":
+                    surrogate = surrogate / (n_gen.float() / mask.shape[0]).clamp(min=1.0)
+                loss = kl - cfg.beta * surrogate
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            gnorm = torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.grad_clip)
+            check_finite(loss, gnorm, step, ckpt_dir, saved_step)
+            opt.step()
+            sched.step()
+            if first is None:  # metrics of the on-policy pass
+                first = (loss.detach(), kl.detach(), surrogate.detach(), student_lp.detach(), gnorm)
+        loss, kl, surrogate, student_lp, gnorm = first
         t_update = time.time() - t0
 
         step += 1
@@ -460,8 +468,8 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
         with torch.no_grad():
             ent = float(masked_token_mean(token_entropy(student_lp.detach()), mask))
             rev_kl = float(masked_token_mean(token_divergence(student_lp.detach(), teacher_lp, "reverse_kl"), mask))
-        row = {"step": step, "loss": float(loss.detach()), f"loss/{cfg.divergence}": float(kl.detach()),
-               "kl/teacher": rev_kl, "pg/surrogate": float(surrogate.detach()), **reward_stats, "entropy": ent,
+        row = {"step": step, "loss": float(loss), f"loss/{cfg.divergence}": float(kl),
+               "kl/teacher": rev_kl, "pg/surrogate": float(surrogate), **reward_stats, "entropy": ent,
                "completions/mean_length": float(out_s.lengths.float().mean()),
                "completions/eos_rate": float(out_s.finished.float().mean()),
                "tokens_per_s": float(n_gen) / step_time, "grad_norm": float(gnorm), "lr": sched.get_last_lr()[0],
