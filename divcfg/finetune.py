@@ -102,7 +102,8 @@ class FinetuneConfig:
     eval_max_new_tokens: int = field(0, "generation cap in the quick evaluation (0 = max_new_tokens)")
     eval_teacher: bool = field(True, "at the start of a run, also evaluate the teacher (base + CFG γ)")
     ckpt_every: int = field(50, "checkpoint every N steps")
-    bf16: bool = field(True, "bf16 autocast on CPUs that support it")
+    bf16: bool = field(True, "bf16 autocast where the CPU/GPU supports it")
+    device: str = field("cpu", "torch device for the generator (cpu, cuda, cuda:1, ...); judges run on the CPU")
     threads: int = field(0, "torch CPU threads (0 = leave torch's default). On a shared 2-core machine 1 is "
                          "much faster: 2 threads that wait on each other slow sampling down ~30x under load")
     preset: str = field("small", "preset this config came from (informational)")
@@ -145,7 +146,7 @@ PRESETS: dict[str, dict] = {
     "paper": dict(data_dir="data/full", base="runs/full/base", embedder="runs/full/embedder", out="runs/full/ft",
                   prompts_per_step=64, group_size=2, max_new_tokens=639, lr=3e-5, warmup_steps=100,
                   max_steps=5000, max_minutes=0.0, eval_every=250, eval_prompts=128, ckpt_every=250,
-                  preset="paper"),
+                  device="cuda", preset="paper"),
 }
 
 
@@ -155,11 +156,11 @@ class VocabRestriction:
     """Log-probs renormalised without PAD and BOS (as the sampler does), and the map from token
     ids to columns of the restricted vocabulary."""
 
-    def __init__(self, vocab_size: int, never: list[int]):
+    def __init__(self, vocab_size: int, never: list[int], device: str | torch.device = "cpu"):
         keep = [i for i in range(vocab_size) if i not in set(never)]
-        self.keep = torch.tensor(keep, dtype=torch.long)
-        self.column = torch.zeros(vocab_size, dtype=torch.long)
-        self.column[self.keep] = torch.arange(len(keep))
+        self.keep = torch.tensor(keep, dtype=torch.long, device=device)
+        self.column = torch.zeros(vocab_size, dtype=torch.long, device=device)
+        self.column[self.keep] = torch.arange(len(keep), device=device)
 
     def logprobs(self, logits_or_logp: torch.Tensor) -> torch.Tensor:
         return F.log_softmax(logits_or_logp.float().index_select(-1, self.keep), dim=-1)
@@ -170,7 +171,7 @@ class VocabRestriction:
 
 def generated_mask(lengths: torch.Tensor, width: int) -> torch.Tensor:
     """(B, width) True at the first ``lengths[b]`` positions (the generated tokens, EOS included)."""
-    return torch.arange(width).unsqueeze(0) < lengths.unsqueeze(1)
+    return torch.arange(width, device=lengths.device).unsqueeze(0) < lengths.unsqueeze(1)
 
 
 class TrainPrompts:
@@ -239,8 +240,9 @@ def quick_eval(model, teacher, prompts, cfg: FinetuneConfig, embedder, scorer, r
     in-key rate (if a tokenizer), the empty rate, lengths and — for γ=1 — the reverse KL of the
     samples' distribution to the teacher."""
     G = cfg.eval_samples
-    cond = prompts.cond.repeat_interleave(G, dim=0)
-    gen = torch.Generator().manual_seed(cfg.seed + 12345)
+    device = next(model.parameters()).device
+    cond = prompts.cond.to(device).repeat_interleave(G, dim=0)
+    gen = torch.Generator(device=device).manual_seed(cfg.seed + 12345)
     n_new = cfg.eval_max_new_tokens or cfg.max_new_tokens
     out = sample(model, cond, max_new_tokens=n_new, gamma=gamma, cfg_mode=cfg.cfg_mode, generator=gen,
                  autocast=autocast)
@@ -250,7 +252,7 @@ def quick_eval(model, teacher, prompts, cfg: FinetuneConfig, embedder, scorer, r
     if gamma == 1.0:
         x = out.with_bos(model.cfg.bos_id)[:, :-1]
         mask = generated_mask(out.lengths, out.tokens.shape[1])
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
             s = restrict.logprobs(model(x, cond))
             t = restrict.logprobs(guided_sequence_logprobs(teacher, x, cond, cfg.gamma, cfg.cfg_mode))
         res[f"{prefix}/kl_teacher"] = float(distillation_loss(s, t, mask, "reverse_kl"))
@@ -302,7 +304,13 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
     ckpt_dir = out / "checkpoint"
     seed_everything(cfg.seed)
 
-    teacher, base_config = load_generator(cfg.base)
+    try:
+        device = torch.device(cfg.device)
+    except RuntimeError:
+        raise UserError(f"--device {cfg.device!r} is not a torch device: use cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda but no CUDA GPU is visible: pass --device cpu")
+    teacher, base_config = load_generator(cfg.base, device=cfg.device)
     for p in teacher.parameters():
         p.requires_grad_(False)
     base_dir = Path(base_config["_dir"])
@@ -318,7 +326,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
     state = None
     has_ckpt = (ckpt_dir / "model.safetensors").exists() or (out / "checkpoint.old" / "model.safetensors").exists()
     if resume and has_ckpt:
-        student, stored = load_generator(ckpt_dir)
+        student, stored = load_generator(ckpt_dir, device=cfg.device)
         _check_resumable(cfg, stored, ckpt_dir)
         state = load_training_state(ckpt_dir)
         if state is None:
@@ -332,7 +340,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
                             f"or choose another --out")
         if resume:
             print(f"no checkpoint in '{ckpt_dir}' yet: starting from the base")
-        student, _ = load_generator(cfg.base)
+        student, _ = load_generator(cfg.base, device=cfg.device)
     student.eval()  # dropout off: the distribution trained is the one sampled
 
     embedder, scorer = load_judges(cfg)
@@ -340,7 +348,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
     tokenizer = load_tokenizer(tok_file)
     train_prompts = TrainPrompts(data_dir)
     val_prompts = load_prompts(data_dir, "val", limit=cfg.eval_prompts, seed=cfg.seed)
-    restrict = VocabRestriction(student.cfg.vocab_size, [student.cfg.pad_id, student.cfg.bos_id])
+    restrict = VocabRestriction(student.cfg.vocab_size, [student.cfg.pad_id, student.cfg.bos_id], device)
 
     decay = [p for p in student.parameters() if p.dim() >= 2]
     no_decay = [p for p in student.parameters() if p.dim() < 2]
@@ -349,7 +357,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(cfg.warmup_steps, 1)))
     baseline = RewardBaseline(cfg.baseline, cfg.ema_decay)
     rng = random.Random(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
+    gen = torch.Generator(device=device).manual_seed(cfg.seed)
     step, elapsed, saved_step, last_eval, first_eval = 0, 0.0, None, {}, {}
     if state is not None:
         opt.load_state_dict(state["optimizer"])
@@ -362,7 +370,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
         last_eval, first_eval = state.get("last_eval", {}), state.get("first_eval", {})
         print(f"resuming from step {step} ({elapsed / 60:.1f} min done)")
 
-    autocast = cfg.bf16 and bf16_supported()
+    autocast = cfg.bf16 and (bf16_supported() if device.type == "cpu" else torch.cuda.is_bf16_supported())
     record = {"finetune": dataclasses.asdict(cfg), "base_checkpoint": str(base_dir), "gamma": cfg.gamma,
               "beta": cfg.beta, "bf16": autocast, "data_dir": str(data_dir),
               "base_provenance": base_config.get("provenance"), "parameters": student.num_parameters()}
@@ -410,7 +418,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
     while step < cfg.max_steps and (cfg.max_minutes <= 0 or elapsed < cfg.max_minutes * 60):
         t_start = time.time()
         texts, cond_p = train_prompts.draw(P, rng)
-        cond = cond_p.repeat_interleave(G, dim=0)
+        cond = cond_p.to(device).repeat_interleave(G, dim=0)
         t0 = time.time()
         out_s = sample(student, cond, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                        generator=gen, autocast=autocast)
@@ -420,7 +428,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
         t_sample = time.time() - t0
 
         t0 = time.time()
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
             teacher_lp = restrict.logprobs(guided_sequence_logprobs(teacher, x, cond, cfg.gamma, cfg.cfg_mode))
         t_teacher = time.time() - t0
 
@@ -430,7 +438,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
         if embedder is not None:
             emb, valid = embedder.embed_with_mask(out_s.sequences())
             rewards = diversity_rewards(emb, G, valid)
-            adv = baseline.advantages(rewards, emb, valid)
+            adv = baseline.advantages(rewards, emb, valid).to(device)
             reward_stats = {"reward/diversity/mean": float(rewards.mean()), "reward/diversity/std": float(rewards.std()),
                             "reward/empty_rate": float((~valid).float().mean()),
                             "advantage/abs_mean": float(adv.abs().mean())}
@@ -440,11 +448,11 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
         n_gen = mask.sum()
         first = None
         for _ in range(cfg.updates_per_batch):  # passes after the first reuse the batch (slightly off-policy)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
                 student_lp = restrict.logprobs(student(x, cond))
             kl = masked_token_mean(token_divergence(student_lp, teacher_lp, cfg.divergence, cfg.jsd_beta), mask)
             loss = kl
-            surrogate = torch.zeros(())
+            surrogate = torch.zeros((), device=device)
             if adv is not None and cfg.beta > 0:
                 seq_lp = sequence_logprobs(student_lp, targets, mask)
                 surrogate = reinforce_surrogate(seq_lp, adv)

@@ -172,6 +172,9 @@ def test_user_errors_and_nan_guard(data_dir, base_ckpt, tmp_path):
         tiny_cfg(data_dir, base_ckpt, tmp_path / "b", baseline="loo").validate()
     with pytest.raises(UserError, match="not found"):
         finetune(tiny_cfg(data_dir, tmp_path / "missing", tmp_path / "c"), progress=False)
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="no CUDA GPU"):
+            finetune(tiny_cfg(data_dir, base_ckpt, tmp_path / "d", device="cuda"), progress=False)
     check_finite(torch.tensor(1.0), torch.tensor(2.0), 5, tmp_path, 4)
     with pytest.raises(UserError, match="step 4"):
         check_finite(torch.tensor(float("nan")), torch.tensor(1.0), 5, tmp_path, 4)
