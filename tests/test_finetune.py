@@ -95,18 +95,22 @@ def test_distillation_reduces_kl_to_gamma3_teacher(data_dir, base_ckpt, tmp_path
 
 
 def test_diversity_term_increases_diversity(data_dir, base_ckpt, embedder_ckpt, tmp_path):
-    """β>0 against β=0 from the same start and seed; diversity measured on 4 val prompts × 16 samples
-    (a seeded, fixed evaluation sample). β is large because the tiny embedder's rewards are small."""
-    common = dict(gamma=3.0, embedder=str(embedder_ckpt), max_steps=50, lr=2e-4, eval_samples=16, eval_every=0,
-                  eval_teacher=False, max_new_tokens=64)
-    div = {}
+    """β>0 against β=0 from the same start and seed: G=4 samples per prompt with the leave-one-out
+    baseline; diversity measured on the val prompts × 16 samples (a seeded evaluation sample) and on
+    the last training steps' rewards. β is large because the tiny embedder's distances are small."""
+    common = dict(gamma=3.0, embedder=str(embedder_ckpt), max_steps=40, lr=2e-4, prompts_per_step=8, group_size=4,
+                  baseline="loo", eval_samples=16, eval_every=0, eval_teacher=False, max_new_tokens=64)
+    div, train_reward = {}, {}
     for beta in (0.0, 100.0):
         run = tmp_path / f"beta{beta:g}"
         finetune(tiny_cfg(data_dir, base_ckpt, run, beta=beta, **common), progress=False)
         div[beta] = summary(run)["end"]["eval/diversity"]
+        rows = [json.loads(line) for line in open(run / "metrics.jsonl") if '"reward/diversity/mean"' in line]
+        train_reward[beta] = sum(r["reward/diversity/mean"] for r in rows[-10:]) / 10
         assert summary(run)["start"]["eval/diversity"] == pytest.approx(
             summary(tmp_path / "beta0")["start"]["eval/diversity"])  # same start
-    assert div[100.0] > div[0.0] + 0.05, div
+    assert div[100.0] > 1.4 * div[0.0], div
+    assert train_reward[100.0] > 1.4 * train_reward[0.0], train_reward
 
 
 def test_kill_and_resume_continues_the_same_run(data_dir, base_ckpt, tmp_path):
