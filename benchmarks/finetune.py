@@ -28,28 +28,35 @@ KEYS = ("time/sampling", "time/teacher", "time/reward", "time/update", "time/ste
         "completions/mean_length")
 
 
-def make_stand_ins(work: Path, data_dir: Path | None) -> tuple[Path, Path, Path, str]:
-    """A random base with the small preset's architecture, an untrained diversity embedder, and the
-    tiny data set (built when missing): no trained model is needed."""
+def stand_in_data(work: Path, data_dir: Path) -> Path:
+    """The given data set, or the tiny one built into ``work`` when it is missing."""
+    if (data_dir / "manifest.json").exists():
+        return data_dir
+    from divcfg.music.corpus import build
+    return build("tiny", data_dir=work / "data", workers=2, quiet=True)
+
+
+def stand_in_base(work: Path, data_dir: Path) -> Path:
+    """A random generator with the small preset's architecture (no trained model needed)."""
     import torch
 
-    from divcfg.embedders.diversity import DiversityEmbedder, EmbedderConfig, save_diversity_embedder
     from divcfg.models.generator import save_generator
     from divcfg.models.transformer import ModelConfig, MusicTransformer
     from divcfg.music.tokenizer import load_tokenizer, special_ids
-
-    if data_dir is None or not (data_dir / "manifest.json").exists():
-        from divcfg.music.corpus import build
-        data_dir = build("tiny", data_dir=work / "data", workers=2, quiet=True)
     tok = load_tokenizer(data_dir)
     ids = special_ids(tok)
     torch.manual_seed(0)
     model = MusicTransformer(ModelConfig(vocab_size=len(tok), pad_id=ids["pad"], bos_id=ids["bos"], eos_id=ids["eos"]))
-    base = save_generator(work / "base", model, {"provenance": {"note": "random benchmark base"}},
+    return save_generator(work / "base", model, {"provenance": {"note": "random benchmark base"}},
                           data_dir / "tokenizer.json")
-    E = DiversityEmbedder(EmbedderConfig(vit="small"), tok)
-    emb = save_diversity_embedder(work / "embedder", E, tokenizer_path=data_dir / "tokenizer.json")
-    return base, emb, data_dir, "random base (small architecture), untrained small embedder, tiny data"
+
+
+def stand_in_embedder(work: Path, data_dir: Path) -> Path:
+    """An untrained diversity embedder of the small size (same cost as a trained one)."""
+    from divcfg.embedders.diversity import DiversityEmbedder, EmbedderConfig, save_diversity_embedder
+    from divcfg.music.tokenizer import load_tokenizer
+    E = DiversityEmbedder(EmbedderConfig(vit="small"), load_tokenizer(data_dir))
+    return save_diversity_embedder(work / "embedder", E, tokenizer_path=data_dir / "tokenizer.json")
 
 
 def child(args) -> None:
@@ -63,7 +70,8 @@ def child(args) -> None:
                              gamma=args.gamma, beta=1.0, group_size=args.child, prompts_per_step=args.prompts,
                              max_new_tokens=args.max_new_tokens, max_steps=args.steps + args.warmup,
                              max_minutes=0.0, eval_every=0, eval_prompts=2, eval_max_new_tokens=8,
-                             eval_teacher=False, ckpt_every=0, threads=args.threads, preset="bench")
+                             eval_teacher=False, ckpt_every=0, threads=args.threads, updates_per_batch=1,
+                             preset="bench")
         finetune(cfg, progress=False)
         rows = [json.loads(line) for line in open(Path(d) / "ft" / "metrics.jsonl") if '"time/step"' in line]
     rows = rows[args.warmup:]
@@ -83,7 +91,7 @@ def main() -> None:
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--steps", type=int, default=4, help="measured steps per G")
     p.add_argument("--warmup", type=int, default=1, help="unmeasured first steps")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core machine)")
     p.add_argument("--child", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
@@ -91,16 +99,23 @@ def main() -> None:
 
     from divcfg.pretrain import bf16_supported
     work = Path(tempfile.mkdtemp(prefix="bench_ft_"))
-    data_dir = Path(args.data_dir)
-    if (Path(args.base) / "model.safetensors").exists() and Path(args.embedder).exists() and \
-            (data_dir / "manifest.json").exists():
-        what = f"trained base '{args.base}', embedder '{args.embedder}', data '{data_dir}'"
+    data_dir = stand_in_data(work, Path(args.data_dir))
+    what = [f"data '{data_dir}'"]
+    if (Path(args.base) / "model.safetensors").exists():
+        what.append(f"trained base '{args.base}'")
     else:
-        base, emb, data_dir, what = make_stand_ins(work, data_dir)
-        args.base, args.embedder = str(base), str(emb)
+        args.base = str(stand_in_base(work, data_dir))
+        what.append("RANDOM base (small architecture)")
+    if Path(args.embedder).exists():
+        what.append(f"trained embedder '{args.embedder}'")
+    else:
+        args.embedder = str(stand_in_embedder(work, data_dir))
+        what.append("UNTRAINED small embedder")
+    what = ", ".join(what)
     print(f"finetune step benchmark: {what}")
     print(f"{args.prompts} prompts/step, ≤{args.max_new_tokens} new tokens, γ={args.gamma}, {args.threads} threads, "
-          f"bf16={bf16_supported()}, {args.steps} measured steps after {args.warmup} warm-up")
+          f"bf16={bf16_supported()}, {args.steps} measured steps after {args.warmup} warm-up; "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (timings are contended above that)")
     results = {}
     for G in (2, 4):
         t0 = time.time()
