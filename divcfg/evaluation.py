@@ -581,12 +581,12 @@ def format_table(results: dict) -> str:
                      f" {r['empty_rate']:6.1%} {r['eos_rate']:5.0%} {r['forward_passes_per_token']:8d}"
                      f" {r['tokens_per_s']:7.0f}")
     for fam, info in results["families"].items():
-        lines.append(f"{fam} front: {', '.join(info['front'])}; hypervolume {info['hypervolume']:.4f}")
+        lines.append(f"{fam} front: {', '.join(info['front'])}; hypervolume {info['hypervolume']:.4g}")
     mv = results.get("merge_vs_cfg")
     if mv:
         ci = mv.get("hypervolume_difference_ci", [math.nan, math.nan])
-        lines.append(f"merge vs CFG: hypervolume {mv['hypervolume_merge']:.4f} vs {mv['hypervolume_cfg']:.4f} "
-                     f"(difference CI [{ci[0]:.4f}, {ci[1]:.4f}]); merge front covers "
+        lines.append(f"merge vs CFG: hypervolume {mv['hypervolume_merge']:.4g} vs {mv['hypervolume_cfg']:.4g} "
+                     f"(difference CI [{ci[0]:.3g}, {ci[1]:.3g}]); merge front covers "
                      f"{mv['coverage_merge_over_cfg']:.0%} of the CFG front, dominates: {mv['merge_dominates_cfg']}")
     return "\n".join(lines)
 

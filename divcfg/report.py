@@ -121,6 +121,8 @@ def plot_quality_diversity(results: dict, png: Path, svg: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(8, 5.6), dpi=110)
     fronts = {f: set(info["front"]) for f, info in results["families"].items()}
+    by_name = {r["name"]: r for r in results["systems"]}
+    twins_shown = {r["same_as"] for r in results["systems"] if r.get("same_as")}
     for fam, (colour, marker, name) in FAMILY_STYLE.items():
         rows = _curve(results, fam)
         if not rows:
@@ -131,17 +133,21 @@ def plot_quality_diversity(results: dict, png: Path, svg: Path) -> None:
         yerr = [[r["diversity"] - r["diversity_ci_low"] for r in rows],
                 [r["diversity_ci_high"] - r["diversity"] for r in rows]]
         ax.errorbar(xs, ys, xerr=np.clip(xerr, 0, None), yerr=np.clip(yerr, 0, None), fmt="none",
-                    ecolor=colour, alpha=0.25, lw=1)
+                    ecolor=colour, alpha=0.18, lw=1)
         ax.plot(xs, ys, linestyle="-" if fam != "finetuned" else "none", color=colour, marker=marker, ms=6,
-                label=f"{name} — {_cost(rows)}; HV {hv:.4g}")
+                label=f"{name} — {_cost(rows)}; hypervolume {hv:.3g}")
         on_front = [(x, y) for r, x, y in zip(rows, xs, ys) if r["name"] in fronts[fam]]
         if on_front:
             ax.scatter(*zip(*on_front), s=130, facecolors="none", edgecolors=colour, linewidths=1.2)
         for r, x, y in zip(rows, xs, ys):
             if fam in ("temperature", "finetuned", "merge") and r["family"] == "base":
                 continue
-            ax.annotate(_point_label(r), (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8,
-                        color=colour)
+            if r["name"] in twins_shown:  # a merge endpoint already labelled as "λ=0 = β=0"
+                continue
+            label = _point_label(r)
+            if r.get("same_as") in by_name:
+                label += f" = {_point_label(by_name[r['same_as']])}"
+            ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8, color=colour)
     ref = results["reference_point"]
     ax.scatter([ref["quality"]], [ref["diversity"]], marker="x", color="black", s=30,
                label="hypervolume reference point")
