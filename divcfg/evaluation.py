@@ -97,7 +97,8 @@ class EvalConfig:
     reference_pieces: int = field(256, "held-out pieces for the corpus reference of the musical metrics")
     bf16: bool = field(False, "bf16 autocast while sampling, where the CPU supports it (off: fp32 sampled "
                               "1.3-1.9x more tokens per CPU-second here)")
-    threads: int = field(0, "torch CPU threads (0 = leave as is)")
+    threads: int = field(1, "torch CPU threads (0 = torch's default). 1 by default: on a shared 2-core machine "
+                            "2 threads sampled up to 17x slower than 1 (OpenMP contention)")
     out: str = field("runs/small/eval", "run folder for results.json, results.csv, samples.jsonl")
     preset: str = field("small", "preset this config came from (informational)")
 

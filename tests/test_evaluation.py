@@ -106,7 +106,7 @@ def _build_tiny_setup(data_dir: Path, tmp_path_factory) -> dict:
 def tiny_config(setup: dict, data_dir: Path, out: Path, **kw) -> EvalConfig:
     values = {**PRESETS["tiny"], "base": setup["base"], "quality": setup["quality"],
               "diversity": setup["diversity"], "embedder": setup["embedder"], "scorer": setup["scorer"],
-              "data_dir": str(data_dir), "out": str(out), "threads": 2, **kw}
+              "data_dir": str(data_dir), "out": str(out), "threads": 1, **kw}
     return EvalConfig(**values)
 
 
