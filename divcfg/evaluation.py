@@ -489,7 +489,18 @@ def write_outputs(out: Path, results: dict, samples: list[dict]) -> None:
 
 
 def evaluate(cfg: EvalConfig) -> dict:
-    """Run the evaluation described by ``cfg``; writes ``cfg.out`` and returns ``results.json``'s dict."""
+    """Run the evaluation described by ``cfg``; writes ``cfg.out`` and returns ``results.json``'s dict.
+    ``cfg.threads`` applies while it runs; the caller's torch thread count is restored afterwards."""
+    threads_before = torch.get_num_threads()
+    try:
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        return _evaluate(cfg)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _evaluate(cfg: EvalConfig) -> dict:
     from divcfg.models.generator import TOKENIZER_FILE
     from divcfg.pretrain import bf16_supported
     from divcfg.prompts import load_prompts
@@ -501,8 +512,6 @@ def evaluate(cfg: EvalConfig) -> dict:
         raise UserError("--num-prompts and --batch-size must be at least 1")
     if not 0 < cfg.confidence < 1:
         raise UserError(f"--confidence must lie in (0, 1), got {cfg.confidence}")
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     t_start = time.time()
     seed_everything(cfg.seed)
     systems = build_systems(cfg)
