@@ -94,12 +94,15 @@ def sample(model, cond: torch.Tensor, *, max_new_tokens: int, temperature: float
     done = torch.zeros(B, dtype=torch.bool, device=device)
     lengths = torch.zeros(B, dtype=torch.long, device=device)
 
+    # under bf16 autocast the keys/values are bf16: cache them as such (no per-step conversion)
+    cache_dtype = torch.bfloat16 if autocast else None
     if guided and cfg_mode == "batched":
         cond_in = torch.cat([cond, cond])
         null_in = torch.cat([torch.zeros(B, dtype=torch.bool), torch.ones(B, dtype=torch.bool)]).to(device)
-        caches = [model.new_cache(2 * B)] if use_cache else None
+        caches = [model.new_cache(2 * B, cache_dtype)] if use_cache else None
     else:
-        caches = ([model.new_cache(B)] + ([model.new_cache(B)] if guided else [])) if use_cache else None
+        caches = ([model.new_cache(B, cache_dtype)] + ([model.new_cache(B, cache_dtype)] if guided else [])
+                  ) if use_cache else None
 
     def next_logits(step_tokens: torch.Tensor, all_tokens: torch.Tensor):
         """(cond_logits, uncond_logits or None) for the next position."""
