@@ -148,11 +148,13 @@ def test_kill_and_resume_continues_the_same_run(data_dir, base_ckpt, tmp_path):
     a, _ = load_generator(run / "checkpoint")
     b, _ = load_generator(straight)
     base, _ = load_generator(base_ckpt)
-    # equal up to float noise (bf16 autocast and thread counts differ between the two processes):
-    # the resumed and the straight run are far closer to each other than either is to the base
+    # Bit-equality is out of reach across processes (bf16 autocast and thread counts change the
+    # last float bits, which flips an occasional sampled token, and on-policy runs then drift).
+    # A resume that lost its optimizer/step state would redo >= 60% of the movement from the base
+    # (killed_at >= 6 of total = killed_at + 4 steps); an honest resume stays far closer.
     gap = sum(float((pa - pb).pow(2).sum()) for pa, pb in zip(a.state_dict().values(), b.state_dict().values()))
     moved = sum(float((pb - p0).pow(2).sum()) for pb, p0 in zip(b.state_dict().values(), base.state_dict().values()))
-    assert moved > 0 and gap ** 0.5 < 0.05 * moved ** 0.5, (gap ** 0.5, moved ** 0.5)
+    assert moved > 0 and gap ** 0.5 < 0.3 * moved ** 0.5, (gap ** 0.5, moved ** 0.5)
 
 
 def test_corrupt_checkpoint_gives_one_line_error(data_dir, base_ckpt, tmp_path):
