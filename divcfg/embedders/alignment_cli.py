@@ -33,9 +33,10 @@ from divcfg.embedders.alignment import (SCORER_SIZES, AlignmentScorer, ScorerCon
                                         save_alignment_scorer)
 from divcfg.errors import UserError
 
+# training length: ``steps`` optimiser steps, or ``minutes`` of wall clock if that comes first
 PRESETS = {
     "tiny": dict(batch_size=64, lr=2e-3, minutes=1.0, steps=200),
-    "small": dict(batch_size=128, lr=1e-3, minutes=10.0, steps=100_000),
+    "small": dict(batch_size=128, lr=1e-3, minutes=15.0, steps=2000),
 }
 
 
@@ -47,17 +48,22 @@ def make_config(tok, size: str, **overrides) -> ScorerConfig:
                         **{**SCORER_SIZES[size], **overrides})
 
 
-def caption_embeddings(pieces: list[dict], progress: bool = True) -> tuple[list[list[int]], torch.Tensor, list[str]]:
+def caption_embeddings(pieces: list[dict], progress: bool = True, data_dir=None
+                       ) -> tuple[list[list[int]], torch.Tensor, list[str]]:
     """MiniLM embeddings of every caption of every piece: (per-piece caption row indices,
-    ``[n_unique, 384]``, the unique caption strings)."""
-    from divcfg.embedders.text import get_text_embedder
+    ``[n_unique, 384]``, the unique caption strings). With ``data_dir`` they are read from / added
+    to the data set's caption-embedding cache (``divcfg.prompts.embed_texts``)."""
+    from divcfg.prompts import embed_texts
     unique = sorted({c for p in pieces for c in p["captions"]})
     if not unique:
         raise UserError("the pieces have no captions: rebuild the data cache with `divcfg data`")
     index = {c: i for i, c in enumerate(unique)}
-    enc = get_text_embedder()
-    chunks = [unique[i:i + 1024] for i in range(0, len(unique), 1024)]
-    emb = torch.cat([enc.encode(c) for c in tqdm(chunks, desc="caption embeddings", disable=not progress, leave=False)])
+    if data_dir is not None:
+        emb = embed_texts(unique, data_dir)
+    else:
+        chunks = [unique[i:i + 1024] for i in range(0, len(unique), 1024)]
+        emb = torch.cat([embed_texts(c) for c in tqdm(chunks, desc="caption embeddings", disable=not progress,
+                                                      leave=False)])
     return [[index[c] for c in p["captions"]] for p in pieces], emb, unique
 
 
@@ -70,17 +76,18 @@ def clip_loss(t: torch.Tensor, m: torch.Tensor, scale: torch.Tensor, caption_ids
 
 
 def train_scorer(pieces: list[dict], tok, cfg: ScorerConfig, *, steps: int, minutes: float, batch_size: int,
-                 lr: float, seed: int = 0, progress: bool = True) -> tuple[AlignmentScorer, dict]:
-    """Train on (caption variant, piece) pairs until ``steps`` or ``minutes`` run out."""
+                 lr: float, seed: int = 0, progress: bool = True, data_dir=None) -> tuple[AlignmentScorer, dict]:
+    """Train on (caption variant, piece) pairs until ``steps`` or ``minutes`` run out (``data_dir``:
+    use that data set's caption-embedding cache)."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     scorer = AlignmentScorer(cfg, tok)
     t_text = time.time()
-    cap_rows, cap_emb, _ = caption_embeddings(pieces, progress)
+    cap_rows, cap_emb, _ = caption_embeddings(pieces, progress, data_dir)
     t_text = time.time() - t_text
     params = [p for n, p in scorer.named_parameters()]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
-    budget, t0, step = minutes * 60.0, time.time(), 0
+    budget, t0, cpu0, step = minutes * 60.0, time.time(), time.process_time(), 0
     hist = {"loss": []}
     bar = tqdm(total=steps, desc="scorer", disable=not progress, mininterval=2.0)
     scorer.train()
@@ -102,7 +109,7 @@ def train_scorer(pieces: list[dict], tok, cfg: ScorerConfig, *, steps: int, minu
         if step % 10 == 0:
             bar.set_postfix(loss=f"{np.mean(hist['loss'][-10:]):.3f}")
     bar.close()
-    hist.update(steps=step, seconds=time.time() - t0, text_seconds=t_text)
+    hist.update(steps=step, seconds=time.time() - t0, cpu_seconds=time.process_time() - cpu0, text_seconds=t_text)
     return scorer.eval(), hist
 
 
@@ -180,9 +187,10 @@ def run(args: argparse.Namespace) -> None:
     scorer, hist = train_scorer(train, tok, cfg, steps=args.steps or preset["steps"],
                                 minutes=args.minutes if args.minutes is not None else preset["minutes"],
                                 batch_size=args.batch_size or preset["batch_size"], lr=args.lr or preset["lr"],
-                                seed=args.seed)
+                                seed=args.seed, data_dir=data_dir)
     res = evaluate(scorer, test, args.eval_pieces, args.seed)
     info = {"preset": args.config, "steps": hist["steps"], "train_seconds": round(hist["seconds"], 1),
+            "train_cpu_seconds": round(hist["cpu_seconds"], 1), "threads": args.threads,
             "caption_embedding_seconds": round(hist["text_seconds"], 1), "n_train_pieces": len(train),
             "final_loss": float(np.mean(hist["loss"][-20:]))}
     save_alignment_scorer(args.out, scorer, tokenizer_path=data_dir / "tokenizer.json",

@@ -7,8 +7,13 @@ head to a unit vector ``z_k``; the piece's embedding is the normalised mean
 
     E(y) = Σ_k z_k / ‖Σ_k z_k‖          ("chunks averaged").
 
+With ``canonical_key`` (the default) the whole piece is first transposed to its canonical key
+and octave (``pianoroll.canonical_key``), so ``E(transpose(y, k)) = E(y)`` exactly: E is blind to
+key by construction, and its diversity comes from melody, rhythm and texture (the prompts fix the
+key; a diversity reward that paid for key changes would pay for ignoring the prompt).
+
 An undecodable or note-less generation embeds as one all-zero chunk, and is counted in
-``E.stats`` ("undecodable", "empty"; note that ``tokens_to_score`` reports both as None).
+``E.stats["empty_or_undecodable"]`` (``tokens_to_score`` reports both as None).
 
 Diversity of a pair: ``d(y1, y2) = 1 - cos(E(y1), E(y2)) ∈ [0, 2]``. By default a pair with an
 empty/undecodable member gets ``empty_value = 0`` (no credit for degenerate output: otherwise an
@@ -54,7 +59,7 @@ class EmbedderConfig:
     n_pitches: int = 88
     out_dim: int = 128                 # embedding dimension D
     max_chunks: int = 16               # chunks embedded per piece at most (spread over the piece)
-    canonical_key: bool = True         # transpose each chunk to its canonical key (key-blind E)
+    canonical_key: bool = True         # transpose each piece to its canonical key (key-blind E)
     vit_overrides: dict = field(default_factory=dict)
 
     @property
@@ -97,16 +102,10 @@ class DiversityEmbedder(nn.Module):
     def piece_rolls(self, notes: np.ndarray) -> np.ndarray:
         """The chunks of one piece, ``float32[K, 2, P, chunk_steps]`` (K ≥ 1)."""
         cfg = self.cfg
+        if cfg.canonical_key:
+            notes = pr.canonical_key(notes)
         starts = pr.chunk_starts(max(1, pr.length_steps(notes, cfg.spec)), cfg.chunk_steps, cfg.max_chunks)
-        return np.stack([self.chunk_roll(pr.window(notes, s / cfg.steps_per_beat, cfg.chunk_beats))
-                         for s in starts])
-
-    def chunk_roll(self, chunk_notes: np.ndarray) -> np.ndarray:
-        """Notes of one chunk (times from the chunk start) -> ``float32[2, P, chunk_steps]``,
-        key-canonicalised when ``cfg.canonical_key``."""
-        if self.cfg.canonical_key:
-            chunk_notes = pr.canonical_key(chunk_notes)
-        return pr.rasterize(chunk_notes, 0, self.cfg.chunk_steps, self.cfg.spec)
+        return np.stack([pr.rasterize(notes, s, cfg.chunk_steps, cfg.spec) for s in starts])
 
     @torch.no_grad()
     def embed_notes(self, pieces: Sequence[np.ndarray], batch_size: int = 256) -> torch.Tensor:

@@ -8,13 +8,16 @@ pieces; each gives two non-overlapping chunks, independently augmented, embedded
 
 ``p(i)`` the other view of i's piece: each view must pick its partner out of the 2B-1 others.
 
-Chunks: a view of stretch factor f reads ``chunk_beats / f`` quarters of the piece and is stretched
+Chunks: with ``canonical_key`` each piece is first transposed to its canonical key (as
+``DiversityEmbedder.piece_rolls`` does), so both chunks of a piece share one transposition. A view
+of stretch factor f reads ``chunk_beats / f`` quarters of the piece and is stretched
 to ``chunk_beats``; the two source windows do not overlap and start on a beat. Pieces shorter than
 the two windows are skipped in training.
 
 Held-out retrieval (``retrieval``): N test pieces long enough for two chunks, two non-overlapping
 un-augmented chunks each; a chunk scores a hit when its nearest neighbour (cosine) among the other
-2N-1 chunks is its partner. Chance = 1/(2N-1).
+2N-1 chunks is its partner. Chance = 1/(2N-1). ``half_retrieval`` does the same with the two
+halves of each piece embedded whole, as E embeds generations.
 """
 
 from __future__ import annotations
@@ -37,10 +40,14 @@ from divcfg.errors import UserError
 from divcfg.music import pianoroll as pr
 
 # named training presets: the ViT size plus how long to train
+# (the pitch window C2..B6 holds the key-canonicalised melodies; outliers fold by octaves)
 PRESETS = {
-    "tiny": dict(vit="tiny", chunk_steps=32, out_dim=64, batch_size=64, lr=2e-3, minutes=1.0, steps=150),
-    "small": dict(vit="small", chunk_steps=64, out_dim=128, batch_size=128, lr=1e-3, minutes=14.0, steps=100_000),
-    "paper": dict(vit="paper", chunk_steps=64, out_dim=128, batch_size=256, lr=3e-4, minutes=600.0, steps=100_000),
+    "tiny": dict(vit="tiny", chunk_steps=32, pitch_low=36, n_pitches=60, out_dim=64, batch_size=64, lr=2e-3,
+                 minutes=1.0, steps=300),
+    "small": dict(vit="small", chunk_steps=64, pitch_low=36, n_pitches=60, out_dim=128, batch_size=128, lr=1e-3,
+                  minutes=15.0, steps=2000),
+    "paper": dict(vit="paper", chunk_steps=64, pitch_low=21, n_pitches=88, out_dim=128, batch_size=256, lr=3e-4,
+                  minutes=600.0, steps=20_000),
 }
 
 
@@ -50,7 +57,8 @@ PRESETS = {
 
 def load_piece_notes(data_dir, split: str, max_pieces: int | None = None, seed: int = 0,
                      progress: bool = True) -> tuple[list[np.ndarray], list[dict]]:
-    """Decode a split of the data cache into note arrays (quarters). Returns (notes, pieces)."""
+    """Decode a split of the data cache into note arrays (quarters). Returns (notes, pieces); each
+    returned piece dict also has ``bar_beats``, its bar length in quarters (first time signature)."""
     from divcfg.music.corpus import load_split
     from divcfg.music.tokenizer import load_tokenizer, tokens_to_score
     tok = load_tokenizer(data_dir)
@@ -60,21 +68,27 @@ def load_piece_notes(data_dir, split: str, max_pieces: int | None = None, seed: 
         pieces = [pieces[i] for i in sorted(idx)]
     notes, kept = [], []
     for p in tqdm(pieces, desc=f"decode {split}", disable=not progress, leave=False):
-        n = pr.score_notes(tokens_to_score(tok, p["tokens"]))
+        score = tokens_to_score(tok, p["tokens"])
+        n = pr.score_notes(score)
         if len(n):
+            ts = score.time_signatures[0] if len(score.time_signatures) else None
             notes.append(n)
-            kept.append(p)
+            kept.append({**p, "bar_beats": 4.0 * ts.numerator / ts.denominator if ts else 4.0})
     return notes, kept
 
 
 class PairSampler:
     """Positive pairs of augmented, non-overlapping chunks (see the module docstring)."""
 
-    def __init__(self, pieces: list[np.ndarray], cfg: EmbedderConfig, augment: pr.Augment | None, seed: int = 0):
+    def __init__(self, pieces: list[np.ndarray], cfg: EmbedderConfig, augment: pr.Augment | None, seed: int = 0,
+                 bar_beats: list[float] | None = None):
         self.cfg, self.augment = cfg, augment
         self.rng = np.random.default_rng(seed)
         need = 2 * cfg.chunk_beats * (augment.max_stretch if augment else 1.0)
-        self.pieces = [n for n in pieces if pr.length_beats(n) >= need]
+        units = bar_beats if bar_beats is not None else [1.0] * len(pieces)
+        keep = [i for i, n in enumerate(pieces) if pr.length_beats(n) >= need]
+        self.pieces = [pr.canonical_key(pieces[i]) if cfg.canonical_key else pieces[i] for i in keep]
+        self.units = [float(units[i]) if units[i] > 0 else 1.0 for i in keep]
         if len(self.pieces) < 2:
             raise UserError(f"only {len(self.pieces)} pieces are long enough for two {cfg.chunk_beats:g}-beat "
                             f"chunks: use a shorter --chunk-steps or more data")
@@ -88,8 +102,6 @@ class PairSampler:
             a = self.augment
             w = pr.note_noise(w, self.rng, p_drop=a.p_drop, p_insert=a.p_insert, jitter_steps=a.jitter_steps,
                               spec=self.cfg.spec)
-        if self.cfg.canonical_key:
-            w = pr.canonical_key(w)
         return pr.rasterize(w, 0, self.cfg.chunk_steps, self.cfg.spec)
 
     def batch(self, batch_size: int) -> torch.Tensor:
@@ -98,15 +110,19 @@ class PairSampler:
         idx = self.rng.choice(len(self.pieces), size=min(batch_size, len(self.pieces)), replace=False)
         rolls = []
         for i in idx:
-            notes = self.pieces[i]
+            notes, u = self.pieces[i], self.units[i]
             total = pr.length_beats(notes)
             if a is not None and a.max_stretch > 1:
                 f = np.exp(self.rng.uniform(-1, 1, 2) * math.log(a.max_stretch))
             else:
                 f = np.ones(2)
             w = cfg.chunk_beats / f
-            first = math.floor(self.rng.uniform(0, max(total - w.sum(), 0) + 1e-9))
-            second = first + math.ceil(w[0]) + math.floor(self.rng.uniform(0, max(total - first - math.ceil(w[0]) - w[1], 0) + 1e-9))
+            # window starts on the grid of u quarters (a bar, or a beat), the second after the first
+            first = u * math.floor(self.rng.uniform(0, max(total - w.sum(), 0) / u + 1e-9))
+            gap = u * math.ceil(w[0] / u - 1e-9)
+            if first + gap + w[1] > total:
+                gap = w[0]
+            second = first + gap + u * math.floor(self.rng.uniform(0, max(total - first - gap - w[1], 0) / u + 1e-9))
             if self.rng.random() < 0.5:   # either order: the earlier chunk is not always view 1
                 first, second, f, w = second, first, f[::-1], w[::-1]
             rolls.append(self._view(notes, first, w[0], f[0]))
@@ -127,25 +143,28 @@ def info_nce(z: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
 # evaluation
 
 
-def retrieval_chunks(pieces: list[np.ndarray], cfg: EmbedderConfig, n_pieces: int = 100, seed: int = 0
-                     ) -> np.ndarray:
+def retrieval_chunks(pieces: list[np.ndarray], cfg: EmbedderConfig, n_pieces: int = 100, seed: int = 0,
+                     bar_beats: list[float] | None = None) -> np.ndarray:
     """Two non-overlapping, un-augmented chunks of ``n_pieces`` long-enough pieces:
-    ``[2N, 2, P, T]`` (rows 2b, 2b+1 from piece b). Deterministic given ``seed``."""
-    sampler = PairSampler(pieces, cfg, augment=None, seed=seed)
+    ``[2N, 2, P, T]`` (rows 2b, 2b+1 from piece b), starting on bar lines when ``bar_beats`` is
+    given (else on beats). Deterministic given ``seed``."""
+    sampler = PairSampler(pieces, cfg, augment=None, seed=seed, bar_beats=bar_beats)
     if len(sampler.pieces) < n_pieces:
         print(f"note: only {len(sampler.pieces)} held-out pieces are long enough for two chunks; "
               f"retrieval uses all of them instead of {n_pieces}")
         n_pieces = len(sampler.pieces)
-    sampler.pieces = [sampler.pieces[i] for i in
-                      np.random.default_rng(seed).choice(len(sampler.pieces), n_pieces, replace=False)]
+    pick = np.random.default_rng(seed).choice(len(sampler.pieces), n_pieces, replace=False)
+    sampler.pieces = [sampler.pieces[i] for i in pick]
+    sampler.units = [sampler.units[i] for i in pick]
     return sampler.batch(n_pieces).numpy()
 
 
 @torch.no_grad()
-def retrieval(E: DiversityEmbedder, pieces: list[np.ndarray], n_pieces: int = 100, seed: int = 0) -> dict:
+def retrieval(E: DiversityEmbedder, pieces: list[np.ndarray], n_pieces: int = 100, seed: int = 0,
+              bar_beats: list[float] | None = None) -> dict:
     """Top-1 same-piece retrieval among ``2N`` held-out chunks (see the module docstring)."""
     E.eval()
-    rolls = torch.from_numpy(retrieval_chunks(pieces, E.cfg, n_pieces, seed))
+    rolls = torch.from_numpy(retrieval_chunks(pieces, E.cfg, n_pieces, seed, bar_beats))
     n_pieces = len(rolls) // 2
     z = torch.cat([E(rolls[i:i + 256]) for i in range(0, len(rolls), 256)])
     sim = (z @ z.T).fill_diagonal_(-2.0)
@@ -154,6 +173,26 @@ def retrieval(E: DiversityEmbedder, pieces: list[np.ndarray], n_pieces: int = 10
     rank = (sim > sim[torch.arange(len(z)), target][:, None]).sum(1)
     return {"top1": top1, "top5": (rank < 5).float().mean().item(), "chance": 1 / (len(z) - 1),
             "n_pieces": n_pieces, "n_chunks": len(z)}
+
+
+@torch.no_grad()
+def half_retrieval(E: DiversityEmbedder, pieces: list[np.ndarray], n_pieces: int = 100, seed: int = 0) -> dict:
+    """E as it is used, on whole generations: each of N held-out pieces (at least two chunks long)
+    is cut at its middle (rounded down to a beat) into two halves, each embedded whole (``embed_notes``:
+    chunks averaged); top-1 = how often a half's nearest neighbour among the other 2N-1 halves is
+    its other half. Chance = 1/(2N-1)."""
+    long = [n for n in pieces if pr.length_beats(n) >= 2 * E.cfg.chunk_beats]
+    rng = np.random.default_rng(seed)
+    sel = [long[i] for i in rng.choice(len(long), min(n_pieces, len(long)), replace=False)]
+    halves = []
+    for n in sel:
+        mid = math.floor(pr.length_beats(n) / 2)
+        halves += [pr.window(n, 0, mid), pr.window(n, mid, 1e9)]
+    z = E.embed_notes(halves)
+    sim = (z @ z.T).fill_diagonal_(-2.0)
+    target = torch.arange(len(z)) ^ 1
+    return {"top1": (sim.argmax(1) == target).float().mean().item(), "chance": 1 / (len(z) - 1),
+            "n_pieces": len(sel)}
 
 
 @torch.no_grad()
@@ -181,15 +220,17 @@ def invariance(E: DiversityEmbedder, pieces: list[np.ndarray], n_pieces: int = 1
 
 def train_embedder(train_pieces: list[np.ndarray], cfg: EmbedderConfig, *, augment: pr.Augment | None,
                    steps: int, minutes: float, batch_size: int, lr: float, tau: float = 0.1,
-                   seed: int = 0, progress: bool = True) -> tuple[DiversityEmbedder, dict]:
+                   seed: int = 0, progress: bool = True, bar_beats: list[float] | None = None
+                   ) -> tuple[DiversityEmbedder, dict]:
     """Train ``E`` until ``steps`` or ``minutes`` run out (the cosine schedule follows whichever
-    is closer to done). Returns (E in eval mode, history)."""
+    is closer to done); chunks start on bar lines when ``bar_beats`` (per piece) is given, else on
+    beats. Returns (E in eval mode, history)."""
     torch.manual_seed(seed)
     E = DiversityEmbedder(cfg)
-    sampler = PairSampler(train_pieces, cfg, augment, seed=seed)
+    sampler = PairSampler(train_pieces, cfg, augment, seed=seed, bar_beats=bar_beats)
     opt = torch.optim.AdamW(E.parameters(), lr=lr, weight_decay=0.05)
     budget = minutes * 60.0
-    t0 = time.time()
+    t0, cpu0 = time.time(), time.process_time()
     hist = {"loss": [], "acc": []}
     bar = tqdm(total=steps, desc="embedder", disable=not progress, mininterval=2.0)
     step = 0
@@ -212,7 +253,8 @@ def train_embedder(train_pieces: list[np.ndarray], cfg: EmbedderConfig, *, augme
         if step % 10 == 0:
             bar.set_postfix(loss=f"{np.mean(hist['loss'][-10:]):.3f}", acc=f"{np.mean(hist['acc'][-10:]):.2f}")
     bar.close()
-    hist.update(steps=step, seconds=time.time() - t0, n_train_pieces=len(sampler.pieces))
+    hist.update(steps=step, seconds=time.time() - t0, cpu_seconds=time.process_time() - cpu0,
+                n_train_pieces=len(sampler.pieces))
     return E.eval(), hist
 
 
@@ -234,16 +276,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--lr", type=float, help="peak AdamW learning rate")
     t.add_argument("--tau", type=float, default=0.1, help="InfoNCE temperature")
     t.add_argument("--chunk-steps", type=int, help="chunk length in 16th-note steps")
-    t.add_argument("--max-transpose", type=int, default=6,
-                   help="transposition augmentation in ±semitones (0: E sees key)")
-    t.add_argument("--max-stretch", type=float, default=1.25, help="time-stretch factor range [1/x, x]")
+    t.add_argument("--max-transpose", type=int, default=0,
+                   help="random transposition of each view in ±semitones (the paper's pitch-shift "
+                        "augmentation; not needed with the default key canonicalisation)")
+    t.add_argument("--no-canonical-key", action="store_true",
+                   help="do not transpose pieces to a canonical key (E then sees key unless "
+                        "--max-transpose teaches it not to)")
+    t.add_argument("--max-stretch", type=float, default=1.0,
+                   help="time-stretch factor range [1/x, x] (1: off; see pianoroll.Augment)")
     t.add_argument("--p-drop", type=float, default=0.1, help="note-drop probability")
     t.add_argument("--p-insert", type=float, default=0.05, help="inserted notes per note")
     t.add_argument("--jitter-steps", type=float, default=0.5, help="onset jitter std in 16th steps")
     t.add_argument("--no-augment", action="store_true", help="train without any augmentation")
     t.add_argument("--max-train-pieces", type=int, help="use a random subset of the training split")
     t.add_argument("--eval-pieces", type=int, default=100, help="N held-out pieces for retrieval")
-    t.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    t.add_argument("--threads", type=int, default=2,
+                   help="torch CPU threads (on a busy shared machine 1 is often faster)")
     t.add_argument("--seed", type=int, default=0)
     e = sub.add_parser("eval", help="held-out retrieval and invariance figures of a trained E")
     e.add_argument("--checkpoint", default="runs/small/embedder")
@@ -255,13 +303,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def evaluate(E: DiversityEmbedder, pieces: list[np.ndarray], n_pieces: int, seed: int = 0) -> dict:
-    return {"retrieval": retrieval(E, pieces, n_pieces, seed), "invariance": invariance(E, pieces, n_pieces, seed)}
+    return {"retrieval": retrieval(E, pieces, n_pieces, seed),
+            "retrieval_halves": half_retrieval(E, pieces, n_pieces, seed),
+            "invariance": invariance(E, pieces, n_pieces, seed)}
 
 
 def _print_eval(res: dict) -> None:
     r = res["retrieval"]
     print(f"held-out retrieval: top-1 {r['top1']:.3f}, top-5 {r['top5']:.3f} among {r['n_chunks']} chunks "
           f"of {r['n_pieces']} pieces (chance {r['chance']:.4f})")
+    h = res["retrieval_halves"]
+    print(f"held-out half-piece retrieval (whole halves, chunks averaged): top-1 {h['top1']:.3f} among "
+          f"{2 * h['n_pieces']} halves (chance {h['chance']:.4f})")
     print("invariance (mean 1-cos to the original): " +
           ", ".join(f"{k} {v:.3f}" for k, v in res["invariance"].items()))
 
@@ -279,20 +332,22 @@ def run(args: argparse.Namespace) -> None:
         return
     preset = PRESETS[args.config]
     cfg = EmbedderConfig(vit=preset["vit"], chunk_steps=args.chunk_steps or preset["chunk_steps"],
-                         out_dim=preset["out_dim"])
+                         pitch_low=preset["pitch_low"], n_pitches=preset["n_pitches"], out_dim=preset["out_dim"],
+                         canonical_key=not args.no_canonical_key)
     augment = None if args.no_augment else pr.Augment(args.max_transpose, args.max_stretch, args.p_drop,
                                                         args.p_insert, args.jitter_steps)
     t_load = time.time()
-    train, _ = load_piece_notes(data_dir, "train", args.max_train_pieces, args.seed)
+    train, train_meta = load_piece_notes(data_dir, "train", args.max_train_pieces, args.seed)
     test, _ = load_piece_notes(data_dir, "test")
     t_load = time.time() - t_load
     E, hist = train_embedder(train, cfg, augment=augment, steps=args.steps or preset["steps"],
                              minutes=args.minutes if args.minutes is not None else preset["minutes"],
                              batch_size=args.batch_size or preset["batch_size"], lr=args.lr or preset["lr"],
-                             tau=args.tau, seed=args.seed)
+                             tau=args.tau, seed=args.seed, bar_beats=[p["bar_beats"] for p in train_meta])
     res = evaluate(E, test, args.eval_pieces, args.seed)
     train_info = {"preset": args.config, "augment": asdict(augment) if augment else None, "tau": args.tau,
                   "steps": hist["steps"], "train_seconds": round(hist["seconds"], 1),
+                  "train_cpu_seconds": round(hist["cpu_seconds"], 1), "threads": args.threads,
                   "decode_seconds": round(t_load, 1), "n_train_pieces": hist["n_train_pieces"],
                   "final_loss": float(np.mean(hist["loss"][-20:])), "final_pair_acc": float(np.mean(hist["acc"][-20:]))}
     tok_path = data_dir / "tokenizer.json"

@@ -6,7 +6,8 @@ multiple of ``patch_pitch`` and the time axis to a multiple of ``patch_time``; e
 position embedding per patch (pitch-row, time-column) is added, and ``depth`` pre-LayerNorm
 transformer blocks mix the patches. The output is the LayerNorm'd mean over patches, ``[B, dim]``.
 
-Named sizes (``VIT_CONFIGS``): ``tiny`` for tests, ``small`` (the default, trains on two CPU cores in
+Named sizes (``VIT_CONFIGS``): ``tiny`` for tests, ``small`` (the default: 3 layers, width 128,
+octave × 2-beat patches, so a 5-octave × 16-beat chunk is 40 patches; trains on two CPU cores in
 minutes), ``paper`` (12 layers, 6 heads, width 384 as in the paper's ViT).
 """
 
@@ -42,7 +43,7 @@ class ViTConfig:
 
 VIT_CONFIGS: dict[str, dict] = {
     "tiny": dict(dim=64, depth=2, heads=2, patch_pitch=12, patch_time=8),
-    "small": dict(dim=128, depth=4, heads=4, patch_pitch=12, patch_time=4),
+    "small": dict(dim=128, depth=3, heads=4, patch_pitch=12, patch_time=8),
     "paper": dict(dim=384, depth=12, heads=6, patch_pitch=12, patch_time=4),
 }
 

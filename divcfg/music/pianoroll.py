@@ -198,9 +198,17 @@ def note_noise(notes: np.ndarray, rng: np.random.Generator, *, p_drop: float = 0
 @dataclass(frozen=True)
 class Augment:
     """Random view of a chunk: transposition by U{-max_transpose..max_transpose} semitones, time
-    stretch by a log-uniform factor in [1/max_stretch, max_stretch], then ``note_noise``."""
-    max_transpose: int = 6
-    max_stretch: float = 1.25
+    stretch by a log-uniform factor in [1/max_stretch, max_stretch], then ``note_noise``.
+
+    Defaults, chosen by held-out retrieval after 300 steps of the ``small`` embedder: no
+    transposition (the embedder canonicalises key instead, which is exact; learning pitch-shift
+    invariance from ±6-semitone shifts cut top-1 from 0.26 to 0.07–0.12), no stretch (REMI has no
+    tempo and generations lie on the grid, so a stretch only blurs rhythm: ±10% cut top-1 from 0.36
+    to 0.28), and note noise (it costs top-1 0.42 -> 0.36 but makes E robust: without it a few
+    dropped/jittered notes move the embedding 0.44, half the distance between two pieces; with it
+    0.05)."""
+    max_transpose: int = 0
+    max_stretch: float = 1.0
     p_drop: float = 0.1
     p_insert: float = 0.05
     jitter_steps: float = 0.5
