@@ -39,7 +39,11 @@ def main() -> None:
                     help="length for the no-KV-cache run (default: same as --length)")
     ap.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                     help="bf16 autocast (default: on where the CPU supports it)")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch threads (0 = torch's default; use 1 on a machine shared with other jobs)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     if args.checkpoint:
         model, _ = load_generator(args.checkpoint)
