@@ -64,6 +64,7 @@ from divcfg.provenance import provenance, seed_everything, write_json_atomic
 from divcfg.sampling import sample
 
 PG_NORMALISATIONS = ("token", "sequence")
+REWARD_GATES = ("empty", "meter")
 
 
 @dataclass
@@ -82,6 +83,8 @@ class FinetuneConfig:
     group_size: int = field(2, "generations G per prompt (≥ 2 for the pairwise diversity reward)")
     baseline: str = field("batch", f"reward baseline: {', '.join(BASELINES)} (loo needs G ≥ 3)")
     ema_decay: float = field(0.9, "decay of the 'ema' baseline")
+    reward_gate: str = field("empty", "which generations earn diversity reward: 'empty' = all that decode to "
+                             "notes (the paper); 'meter' = also only those whose bars keep the prompt's meter")
     pg_normalise: str = field("token", "surrogate scale: 'token' divides it by the mean generated length "
                               "(β per token, like the KL), 'sequence' keeps sequence log-prob sums")
     prompts_per_step: int = field(16, "prompts per step (the batch is prompts_per_step × group_size samples)")
@@ -112,6 +115,7 @@ class FinetuneConfig:
         checks = [
             (self.divergence in DIVERGENCES, f"--divergence must be one of {', '.join(DIVERGENCES)}"),
             (self.baseline in BASELINES, f"--baseline must be one of {', '.join(BASELINES)}"),
+            (self.reward_gate in REWARD_GATES, f"--reward-gate must be one of {', '.join(REWARD_GATES)}"),
             (self.pg_normalise in PG_NORMALISATIONS, f"--pg-normalise must be one of {', '.join(PG_NORMALISATIONS)}"),
             (self.cfg_mode in CFG_MODES, f"--cfg-mode must be one of {', '.join(CFG_MODES)}"),
             (self.group_size >= 2, "--group-size must be at least 2 (the diversity reward compares pairs)"),
@@ -180,13 +184,32 @@ class TrainPrompts:
 
     def __init__(self, data_dir: Path):
         from divcfg.music.corpus import load_split
-        self.captions = [p["captions"] for p in load_split(data_dir, "train") if p.get("captions")]
+        pieces = [p for p in load_split(data_dir, "train") if p.get("captions")]
+        self.captions = [p["captions"] for p in pieces]
+        self.meters = [p.get("meta", {}).get("meter") for p in pieces]
         if not self.captions:
             raise UserError(f"data set '{data_dir}' has no training captions: rebuild it with `divcfg data --force`")
 
-    def draw(self, n: int, rng: random.Random) -> tuple[list[str], torch.Tensor]:
-        texts = [rng.choice(self.captions[rng.randrange(len(self.captions))]) for _ in range(n)]
-        return texts, embed_texts(texts)
+    def draw(self, n: int, rng: random.Random) -> tuple[list[str], torch.Tensor, list[str | None]]:
+        """``n`` captions (a random variant of a random piece), their embeddings, and the meter
+        each caption's piece is in (the meter the caption asks for)."""
+        idx = [rng.randrange(len(self.captions)) for _ in range(n)]
+        texts = [rng.choice(self.captions[i]) for i in idx]
+        return texts, embed_texts(texts), [self.meters[i] for i in idx]
+
+
+def reward_valid(embed_valid: torch.Tensor, seqs: list[list[int]], meters: list[str | None], gate: str,
+                 tokenizer) -> torch.Tensor:
+    """Which generations may earn diversity reward. ``empty``: those E could embed (decodes, has
+    notes) — the paper's reward with degenerate output earning nothing. ``meter``: additionally,
+    the bars keep the meter the prompt asks for (``metrics.token_validity``): E is key-blind by
+    construction because the prompt fixes the key; it cannot be made meter-blind, so the reward
+    instead refuses to pay for diversity bought by ignoring the prompt's meter."""
+    if gate == "empty":
+        return embed_valid
+    from divcfg.music.metrics import token_validity
+    ok = torch.tensor([token_validity(tokenizer, ids, m)["meter_ok"] for ids, m in zip(seqs, meters)])
+    return embed_valid & ok.to(embed_valid.device)
 
 
 def load_judges(cfg: FinetuneConfig):
@@ -272,7 +295,7 @@ def quick_eval(model, teacher, prompts, cfg: FinetuneConfig, embedder, scorer, r
 
 # --------------------------------------------------------------------------- the run
 
-KEY_FIELDS = ("base", "gamma", "beta", "divergence", "jsd_beta", "group_size", "baseline", "pg_normalise",
+KEY_FIELDS = ("base", "gamma", "beta", "divergence", "jsd_beta", "group_size", "baseline", "pg_normalise", "reward_gate",
               "prompts_per_step", "max_new_tokens", "seed", "embedder")
 
 
@@ -418,7 +441,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
     G, P = cfg.group_size, cfg.prompts_per_step
     while step < cfg.max_steps and (cfg.max_minutes <= 0 or elapsed < cfg.max_minutes * 60):
         t_start = time.time()
-        texts, cond_p = train_prompts.draw(P, rng)
+        texts, cond_p, meters = train_prompts.draw(P, rng)
         cond = cond_p.to(device).repeat_interleave(G, dim=0)
         t0 = time.time()
         out_s = sample(student, cond, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
@@ -437,11 +460,14 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
         reward_stats: dict[str, float] = {}
         adv = None
         if embedder is not None:
-            emb, valid = embedder.embed_with_mask(out_s.sequences())
+            seqs = out_s.sequences()
+            emb, embedded = embedder.embed_with_mask(seqs)
+            valid = reward_valid(embedded, seqs, [m for m in meters for _ in range(G)], cfg.reward_gate, tokenizer)
             rewards = diversity_rewards(emb, G, valid)
             adv = baseline.advantages(rewards, emb, valid).to(device)
             reward_stats = {"reward/diversity/mean": float(rewards.mean()), "reward/diversity/std": float(rewards.std()),
-                            "reward/empty_rate": float((~valid).float().mean()),
+                            "reward/empty_rate": float((~embedded).float().mean()),
+                            "reward/unpaid_rate": float((~valid).float().mean()),
                             "advantage/abs_mean": float(adv.abs().mean())}
         t_reward = time.time() - t0
 

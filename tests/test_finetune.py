@@ -205,3 +205,41 @@ def test_in_key_rate_on_real_tunes(data_dir):
                                                               for p in pieces])
     assert right > 0.6 and shifted < 0.2 and right > shifted, (right, shifted)
     assert in_key_rate(tok, [[]], ["D major"]) == 0.0
+
+
+def test_meter_gate_pays_only_generations_in_the_requested_meter(data_dir):
+    """``reward_valid``: real tunes in their own meter are paid; the same tunes asked for another
+    meter are not (under 'meter'), while 'empty' pays every decodable tune either way."""
+    from divcfg.finetune import TrainPrompts, reward_valid
+    from divcfg.music.corpus import load_split
+    from divcfg.music.tokenizer import load_tokenizer
+    tok = load_tokenizer(data_dir)
+    pieces = [p for p in load_split(data_dir, "train") if p["meta"].get("meter") in ("2/4", "6/8", "3/4")][:24]
+    seqs = [p["tokens"] for p in pieces]
+    own = [p["meta"]["meter"] for p in pieces]
+    other = ["3/4" if m != "3/4" else "6/8" for m in own]
+    embedded = torch.ones(len(seqs), dtype=torch.bool)
+    assert reward_valid(embedded, seqs, own, "empty", tok).all()
+    assert reward_valid(embedded, seqs, other, "empty", tok).all()
+    paid_own = reward_valid(embedded, seqs, own, "meter", tok).float().mean()
+    paid_other = reward_valid(embedded, seqs, other, "meter", tok).float().mean()
+    assert paid_own > 0.8 and paid_other < 0.2, (paid_own, paid_other)
+    # an undecodable generation is never paid
+    embedded[0] = False
+    assert not reward_valid(embedded, seqs, own, "meter", tok)[0]
+    # training prompts carry the meter of the piece their caption describes
+    prompts = TrainPrompts(data_dir)
+    import random
+    texts, cond, meters = prompts.draw(6, random.Random(0))
+    assert len(texts) == len(meters) == cond.shape[0] == 6
+    assert all(m is None or "/" in m for m in meters)
+
+
+def test_meter_gated_run_logs_unpaid_rate(data_dir, base_ckpt, embedder_ckpt, tmp_path):
+    run = tmp_path / "gated"
+    finetune(tiny_cfg(data_dir, base_ckpt, run, beta=5.0, embedder=str(embedder_ckpt), reward_gate="meter",
+                      max_steps=3, eval_teacher=False), progress=False)
+    rows = [json.loads(line) for line in open(run / "metrics.jsonl") if '"reward/unpaid_rate"' in line]
+    assert rows and all(r["reward/empty_rate"] <= r["reward/unpaid_rate"] <= 1.0 for r in rows)
+    with pytest.raises(UserError, match="--reward-gate"):
+        finetune(tiny_cfg(data_dir, base_ckpt, tmp_path / "bad", reward_gate="key"), progress=False)
