@@ -23,7 +23,13 @@ then per-token averages. This is the same *relative* weighting as DESIGN.md §1'
 ``Σ_t KL_t − β·(r−b)(log π(y1) + log π(y2))`` with the KL summed over tokens (divide both by L),
 so β here is directly comparable to the paper's β — up to the scale of the reward, which depends
 on the embedder. ``pg_normalise = "sequence"`` keeps the raw sequence-level surrogate against the
-per-token KL, i.e. β is effectively multiplied by L. Sweep β rather than trusting the paper's 15.
+per-token KL, i.e. β is effectively multiplied by L. Sweep β rather than trusting the paper's 15:
+on the small testbed β=15 bought diversity by ignoring the prompt's meter, β=5 did not.
+
+**Which generations earn reward** (``reward_gate``): ``empty`` (default, the paper's reward) pays
+every generation that decodes to notes; ``meter`` also requires the bars to keep the meter the
+prompt asks for (``reward_valid``) — E is key-blind by construction because the prompt fixes the
+key, and this is the same idea for the meter, which a piano-roll embedder cannot be blind to.
 
 Sampling and the distributions: PAD and BOS are never valid continuations (``divcfg.sampling``
 gives them probability zero), so student and teacher log-probs are both renormalised over the
