@@ -199,8 +199,10 @@ class TrainPrompts:
     def draw(self, n: int, rng: random.Random) -> tuple[list[str], torch.Tensor, list[str | None]]:
         """``n`` captions (a random variant of a random piece), their embeddings, and the meter
         each caption's piece is in (the meter the caption asks for)."""
-        idx = [rng.randrange(len(self.captions)) for _ in range(n)]
-        texts = [rng.choice(self.captions[i]) for i in idx]
+        idx, texts = [], []
+        for _ in range(n):  # piece, then variant: the random stream of runs made before meters were returned
+            idx.append(rng.randrange(len(self.captions)))
+            texts.append(rng.choice(self.captions[idx[-1]]))
         return texts, embed_texts(texts), [self.meters[i] for i in idx]
 
 
@@ -208,13 +210,14 @@ def reward_valid(embed_valid: torch.Tensor, seqs: list[list[int]], meters: list[
                  tokenizer) -> torch.Tensor:
     """Which generations may earn diversity reward. ``empty``: those E could embed (decodes, has
     notes) — the paper's reward with degenerate output earning nothing. ``meter``: additionally,
-    the bars keep the meter the prompt asks for (``metrics.token_validity``): E is key-blind by
-    construction because the prompt fixes the key; it cannot be made meter-blind, so the reward
-    instead refuses to pay for diversity bought by ignoring the prompt's meter."""
+    the bars keep the meter the prompt asks for (``metrics.bars_consistent``, token_validity's
+    ``meter_ok``): E is key-blind by construction because the prompt fixes the key; it cannot be
+    made meter-blind, so the reward instead refuses to pay for diversity bought by ignoring the
+    prompt's meter."""
     if gate == "empty":
         return embed_valid
-    from divcfg.music.metrics import token_validity
-    ok = torch.tensor([token_validity(tokenizer, ids, m)["meter_ok"] for ids, m in zip(seqs, meters)])
+    from divcfg.music.metrics import bars_consistent
+    ok = torch.tensor([bars_consistent(tokenizer, ids, m) for ids, m in zip(seqs, meters)])
     return embed_valid & ok.to(embed_valid.device)
 
 

@@ -5,6 +5,7 @@ so CFG changes its distribution) plays the base; a tiny diversity embedder is tr
 import dataclasses
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -229,7 +230,6 @@ def test_meter_gate_pays_only_generations_in_the_requested_meter(data_dir):
     assert not reward_valid(embedded, seqs, own, "meter", tok)[0]
     # training prompts carry the meter of the piece their caption describes
     prompts = TrainPrompts(data_dir)
-    import random
     texts, cond, meters = prompts.draw(6, random.Random(0))
     assert len(texts) == len(meters) == cond.shape[0] == 6
     assert all(m is None or "/" in m for m in meters)

@@ -195,12 +195,13 @@ def token_validity(tok, ids: Sequence[int], meter: str | None = None) -> dict[st
     score = tokens_to_score(tok, list(ids))
     decodes = score is not None
     has_notes = decodes and n_notes(score) > 0
-    meter_ok = _bars_consistent(tok, ids, meter)
+    meter_ok = bars_consistent(tok, ids, meter)
     return {"decodes": decodes, "has_notes": has_notes, "meter_ok": meter_ok,
             "valid": decodes and has_notes and meter_ok}
 
 
-def _bars_consistent(tok, ids: Sequence[int], meter: str | None) -> bool:
+def bars_consistent(tok, ids: Sequence[int], meter: str | None) -> bool:
+    """``token_validity``'s ``meter_ok`` from the token strings alone (no decoding)."""
     res = max(tok.config.beat_res.values())
     limit = None
     if parse_meter(meter) is None:
