@@ -8,13 +8,13 @@ STAMP   := $(VENV)/.installed
 
 .PHONY: setup system-deps demo test bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml requirements.lock
 	@command -v $(PY) >/dev/null 2>&1 || { echo "error: $(PY) not found: install Python 3.11 or run make PY=python3"; exit 2; }
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	# torch first: the CPU wheel of 2.13.0; anything later that depends on torch finds it installed
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -c requirements.lock -e '.[dev]'
 	touch $(STAMP)
 
 # Debian packages for audio (FluidSynth + a General MIDI soundfont) and browser tests (Chromium).
@@ -25,12 +25,13 @@ system-deps:
 	  [ -f /usr/share/sounds/sf2/TimGM6mb.sf2 ] || missing="$$missing timgm6mb-soundfont"; \
 	  command -v fluidsynth >/dev/null 2>&1 || missing="$$missing fluidsynth"; \
 	  command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	  command -v chromedriver >/dev/null 2>&1 || missing="$$missing chromium-driver"; \
 	  if [ -n "$$missing" ]; then \
 	    echo "installing Debian packages:$$missing"; \
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null) \
-	      || echo "warning: could not install$$missing (audio rendering / browser tests will be skipped)"; \
+	      || echo "warning: could not install$$missing (the audio and browser tests will fail)"; \
 	  fi; \
-	else echo "note: not root; skipping Debian packages (fluidsynth timgm6mb-soundfont chromium)"; fi
+	else echo "note: not root; skipping Debian packages (fluidsynth timgm6mb-soundfont chromium chromium-driver)"; fi
 
 setup: $(STAMP) system-deps
 
