@@ -38,7 +38,8 @@ other tokens before the divergence; the KL is exact over that vocabulary.
 Outputs in ``--out``: ``checkpoint/`` (a generator checkpoint; ``config.json`` records the
 fine-tuning config, base checkpoint, γ, β, seed, commit, last evaluation; ``training_state.pt``
 the optimizer, scheduler, RNG, baseline and step for ``--resume``), ``metrics.jsonl`` (TRL-like
-names), ``summary.json``. A non-finite loss or gradient stops the run with a one-line error and
+names), ``summary.json``, and last ``DONE.json`` (the completion marker, ``divcfg.stages``; ``cut_short`` there
+and in ``config.json`` when the ``max_minutes`` safety cap stopped the run before ``max_steps``). A non-finite loss or gradient stops the run with a one-line error and
 leaves the last good checkpoint in place.
 """
 
@@ -68,6 +69,8 @@ from divcfg.pretrain import bf16_supported
 from divcfg.prompts import check_data_dir, embed_texts, load_prompts
 from divcfg.provenance import provenance, seed_everything, write_json_atomic
 from divcfg.sampling import sample
+from divcfg.stages import (TimeCap, clear_finished, mark_finished, metrics_size, python_rng_state,
+                            set_python_rng_state, truncate_metrics)
 
 PG_NORMALISATIONS = ("token", "sequence")
 REWARD_GATES = ("empty", "meter")
@@ -396,7 +399,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         baseline.load_state_dict(state["baseline"])
-        rng.setstate(state["python_rng"])
+        set_python_rng_state(rng, state["python_rng"])
         torch.set_rng_state(state["torch_rng"])
         gen.set_state(state["sample_rng"])
         step, elapsed, saved_step = state["step"], state["elapsed"], state["step"]
@@ -408,22 +411,27 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
               "beta": cfg.beta, "bf16": autocast, "data_dir": str(data_dir),
               "base_provenance": base_config.get("provenance"), "parameters": student.num_parameters()}
     out.mkdir(parents=True, exist_ok=True)
-    if state is not None:
-        _truncate_metrics(out / "metrics.jsonl", step)
+    clear_finished(out)  # training (again): not a finished result until the marker is rewritten
+    # a fresh run starts an empty log; a resume drops the rows logged after its checkpoint
+    truncate_metrics(out / "metrics.jsonl", step, state.get("metrics_bytes") if state is not None else 0)
     metrics_f = open(out / "metrics.jsonl", "a")
+    time_cap = TimeCap(cfg.max_minutes)
 
     def log(row: dict) -> None:
         metrics_f.write(json.dumps(row) + "\n")
         metrics_f.flush()
 
-    def save() -> None:
+    def save(metrics_bytes: int | None = None, cut_short: dict | None = None) -> None:
         nonlocal saved_step
+        metrics_f.flush()
         conf = {**record, "step": step, "elapsed_s": elapsed, "eval": last_eval, "first_eval": first_eval,
+                "cut_short": cut_short,
                 "provenance": provenance(cfg.seed, stage="finetune", base=str(base_dir), gamma=cfg.gamma,
                                          beta=cfg.beta)}
         ts = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "baseline": baseline.state_dict(),
-              "step": step, "elapsed": elapsed, "python_rng": rng.getstate(), "torch_rng": torch.get_rng_state(),
-              "sample_rng": gen.get_state(), "last_eval": last_eval, "first_eval": first_eval}
+              "step": step, "elapsed": elapsed, "python_rng": python_rng_state(rng), "torch_rng": torch.get_rng_state(),
+              "sample_rng": gen.get_state(), "last_eval": last_eval, "first_eval": first_eval,
+              "metrics_bytes": metrics_size(out / "metrics.jsonl") if metrics_bytes is None else metrics_bytes}
         save_generator(ckpt_dir, student, conf, tok_file, ts)
         saved_step = step
 
@@ -448,7 +456,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
     bar = tqdm(total=cfg.max_steps, initial=step, desc=f"finetune β={cfg.beta:g}", dynamic_ncols=True,
                disable=not progress)
     G, P = cfg.group_size, cfg.prompts_per_step
-    while step < cfg.max_steps and (cfg.max_minutes <= 0 or elapsed < cfg.max_minutes * 60):
+    while step < cfg.max_steps and not time_cap.reached(elapsed):
         t_start = time.time()
         texts, cond_p, meters = train_prompts.draw(P, rng)
         cond = cond_p.to(device).repeat_interleave(G, dim=0)
@@ -529,23 +537,19 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
         if cfg.ckpt_every and step % cfg.ckpt_every == 0:
             save()
     bar.close()
+    cut_short = time_cap.cut_short("finetune", step, cfg.max_steps)
+    before_end_eval = metrics_size(out / "metrics.jsonl")  # a resume after the final save redoes the end row
     last_eval = evaluate("end")
-    save()
+    save(metrics_bytes=before_end_eval, cut_short=cut_short)
     metrics_f.close()
     summary = {"step": step, "elapsed_s": elapsed, "gamma": cfg.gamma, "beta": cfg.beta,
                "base_checkpoint": str(base_dir), "start": first_eval, "end": last_eval,
-               "last_train": _last_train_means(out / "metrics.jsonl")}
+               "last_train": _last_train_means(out / "metrics.jsonl"), "cut_short": cut_short}
     write_json_atomic(out / "summary.json", summary)
+    mark_finished(out, "finetune", step, cfg.max_steps, cut_short, seed=cfg.seed, elapsed_s=elapsed,
+                  checkpoint=str(ckpt_dir))
     print(f"done: step {step}, {elapsed / 60:.1f} min; end: {_fmt(last_eval)} -> {ckpt_dir}")
     return ckpt_dir
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop rows logged after the checkpoint a resumed run restarts from (a killed run wrote them)."""
-    if not path.exists():
-        return
-    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= step]
-    path.write_text("".join(line + "\n" for line in keep))
 
 
 def _fmt(res: dict) -> str:

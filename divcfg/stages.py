@@ -1,0 +1,142 @@
+"""What every training stage shares: *finished* means a completion marker, resumes drop the
+metric rows a killed run wrote after its last checkpoint, and wall time is only a safety cap.
+
+**Completion marker.** A stage's run folder ``out`` is finished iff ``out/DONE.json`` exists and
+holds ``"finished": true``. It is written atomically (``write_json_atomic``: temp file, fsync,
+rename) as the very last act of the stage, after the final checkpoint, so a kill at any moment
+leaves either no marker (the stage resumes) or a complete one. A run that starts or resumes
+training removes the marker first. Its fields::
+
+    {"finished": true, "stage": "pretrain", "steps_done": 660, "steps_planned": 660,
+     "cut_short": null | {"steps_done": n, "steps_planned": m, "cap_minutes": x},
+     "elapsed_s": ..., "provenance": {...}, ...stage extras}
+
+**Step bound, time cap.** Presets are bounded by steps (``max_steps``) so a result does not depend
+on the machine's speed or load. ``max_minutes`` is a safety cap on the training time (summed over
+resumes): when it stops a run before ``max_steps`` the run is *cut short* — one loud line on
+stderr, and ``cut_short`` (above) recorded in the marker and in the checkpoint's ``config.json``.
+
+**Metric rows.** A checkpoint records the byte length of ``metrics.jsonl`` when it was written
+(``metrics_bytes`` in the training state); a resume truncates the file to that length, so no row
+logged after the checkpoint survives to be logged again. Older states without it fall back to
+dropping rows whose ``step`` exceeds the checkpoint's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import sys
+from pathlib import Path
+
+from divcfg.provenance import provenance, write_json_atomic
+
+MARKER_FILE = "DONE.json"
+
+
+# --------------------------------------------------------------------------- completion marker
+
+def marker_path(out: str | os.PathLike) -> Path:
+    return Path(out) / MARKER_FILE
+
+
+def is_finished(out: str | os.PathLike) -> bool:
+    """True iff the stage in ``out`` ran to its end (a readable marker with ``finished: true``)."""
+    try:
+        return json.loads(marker_path(out).read_text()).get("finished") is True
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def read_marker(out: str | os.PathLike) -> dict | None:
+    try:
+        return json.loads(marker_path(out).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def clear_finished(out: str | os.PathLike) -> None:
+    """Called when a stage (re)starts training: its folder no longer holds a finished result."""
+    try:
+        marker_path(out).unlink()
+    except FileNotFoundError:
+        pass
+
+
+def mark_finished(out: str | os.PathLike, stage: str, steps_done: int, steps_planned: int,
+                  cut_short: dict | None = None, seed: int | None = None, **extra) -> dict:
+    """Write ``out/DONE.json`` atomically (the stage's very last act); returns what was written."""
+    record = {"finished": True, "stage": stage, "steps_done": int(steps_done), "steps_planned": int(steps_planned),
+              "cut_short": cut_short, **extra, "provenance": provenance(seed, stage=stage)}
+    Path(out).mkdir(parents=True, exist_ok=True)
+    write_json_atomic(marker_path(out), record)
+    return record
+
+
+# --------------------------------------------------------------------------- time cap
+
+class TimeCap:
+    """``max_minutes`` as a safety cap on a step-bounded loop (0 = none). ``elapsed`` is the
+    training time in seconds, summed over resumes."""
+
+    def __init__(self, max_minutes: float):
+        self.max_minutes = float(max_minutes or 0.0)
+
+    def reached(self, elapsed: float) -> bool:
+        return self.max_minutes > 0 and elapsed >= self.max_minutes * 60
+
+    def cut_short(self, stage: str, steps_done: int, steps_planned: int) -> dict | None:
+        """None when the run reached ``steps_planned``; otherwise the shortfall record, announced
+        with one line on stderr."""
+        if steps_done >= steps_planned:
+            return None
+        record = {"steps_done": int(steps_done), "steps_planned": int(steps_planned), "cap_minutes": self.max_minutes}
+        print(f"WARNING: {stage} was CUT SHORT by the {self.max_minutes:g}-minute time cap at step {steps_done} of "
+              f"{steps_planned}: its result depends on this machine's speed; rerun with --resume and a larger "
+              f"--max-minutes (or 0) to finish it", file=sys.stderr, flush=True)
+        return record
+
+
+# --------------------------------------------------------------------------- metric rows
+
+def metrics_size(path: str | os.PathLike) -> int:
+    """Byte length of the metrics file (0 if absent): store it in the training state."""
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
+
+
+def truncate_metrics(path: str | os.PathLike, step: int, size: int | None = None) -> None:
+    """Drop the rows a killed run logged after the checkpoint a resume restarts from: cut the file
+    to ``size`` bytes when the checkpoint recorded it, else keep rows with ``step`` ≤ ``step``."""
+    path = Path(path)
+    if not path.exists():
+        return
+    if size is not None:
+        if path.stat().st_size > size:
+            with open(path, "r+b") as f:
+                f.truncate(size)
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if line.strip() and json.loads(line).get("step", 0) <= step:
+                keep.append(line)
+        except ValueError:  # a half-written last line
+            continue
+    path.write_text("".join(line + "\n" for line in keep))
+
+
+# --------------------------------------------------------------------------- RNG state without pickle
+
+def python_rng_state(rng: random.Random) -> list:
+    """``random.Random`` state as plain lists (loadable with ``torch.load(weights_only=True)``)."""
+    version, internal, gauss = rng.getstate()
+    return [version, list(internal), gauss]
+
+
+def set_python_rng_state(rng: random.Random, state) -> None:
+    version, internal, gauss = state
+    rng.setstate((version, tuple(internal), gauss))
