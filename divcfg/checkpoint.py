@@ -1,5 +1,6 @@
 """Checkpoints: a folder holding ``model.safetensors`` + ``config.json`` (+ optional
-``training_state.pt`` for resuming), written atomically.
+``training_state.pt`` for resuming: tensors and plain data only, read with ``weights_only=True``),
+written atomically.
 
 Atomicity: everything is written into ``<dir>.tmp-<pid>``; the old folder (if any) is renamed
 to ``<dir>.old`` and the new one renamed into place, then ``.old`` is removed. A crash at any
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
 from pathlib import Path
 
@@ -107,13 +109,20 @@ def resolve_checkpoint_dir(path: str | os.PathLike) -> Path:
 
 
 def load_training_state(path: str | os.PathLike) -> dict | None:
-    """The optimizer/scheduler/RNG state saved beside a checkpoint, or None if there is none."""
+    """The optimizer/scheduler/RNG state saved beside a checkpoint, or None if there is none.
+
+    Loaded with ``torch.load(weights_only=True)``: only tensors and plain data (dicts, lists,
+    tuples, numbers, strings) are accepted, so a downloaded run cannot execute code on
+    ``--resume``. A state holding anything else is refused with a one-line error."""
     path = _resolve(Path(path))
     f = path / STATE_FILE
     if not f.exists():
         return None
     try:
-        return torch.load(f, map_location="cpu", weights_only=False)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure means a corrupt file
+        return torch.load(f, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise UserError(f"'{f}' holds objects other than tensors and plain data: refused (loading it could run "
+                        f"code); delete it to restart from the weights, or retrain") from None
+    except Exception as e:  # noqa: BLE001 - any other unpickling failure means a corrupt file
         raise UserError(f"'{f}' is corrupt ({e.__class__.__name__}): delete it to restart "
                         f"from the weights, or retrain") from None
