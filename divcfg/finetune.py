@@ -84,62 +84,51 @@ class FinetuneConfig:
     scorer: str = field("", "alignment scorer checkpoint for the quick evaluation ('' = none)")
     data_dir: str = field("data/small", "data set folder (train captions for training, val for evaluation)")
     out: str = field("runs/small/ft", "run folder (checkpoint/, metrics.jsonl, summary.json)")
-    seed: int = field(0, "random seed (prompts, sampling)")
-    gamma: float = field(2.0, "the CFG teacher's guidance scale γ (1 = plain conditional)")
-    beta: float = field(0.0, "weight β of the diversity term: loss = KL - β·surrogate")
-    divergence: str = field("reverse_kl", f"token divergence to the teacher: {', '.join(DIVERGENCES)}")
-    jsd_beta: float = field(0.5, "β of the generalised JSD (TRL convention: 0 = forward KL, 1 = reverse KL)")
-    group_size: int = field(2, "generations G per prompt (≥ 2 for the pairwise diversity reward)")
-    baseline: str = field("batch", f"reward baseline: {', '.join(BASELINES)} (loo needs G ≥ 3)")
-    ema_decay: float = field(0.9, "decay of the 'ema' baseline")
+    seed: int = field(0, "random seed (prompts, sampling)", ge=0)
+    gamma: float = field(2.0, "the CFG teacher's guidance scale γ (1 = plain conditional)", ge=0)
+    beta: float = field(0.0, "weight β of the diversity term: loss = KL - β·surrogate", ge=0)
+    divergence: str = field("reverse_kl", f"token divergence to the teacher: {', '.join(DIVERGENCES)}", choices=DIVERGENCES)
+    jsd_beta: float = field(0.5, "β of the generalised JSD (TRL convention: 0 = forward KL, 1 = reverse KL)", ge=0, le=1)
+    group_size: int = field(2, "generations G per prompt (≥ 2 for the pairwise diversity reward)", ge=2)
+    baseline: str = field("batch", f"reward baseline: {', '.join(BASELINES)} (loo needs G ≥ 3)", choices=BASELINES)
+    ema_decay: float = field(0.9, "decay of the 'ema' baseline", ge=0, le=1)
     reward_gate: str = field("empty", "which generations earn diversity reward: 'empty' = all that decode to "
-                             "notes (the paper); 'meter' = also only those whose bars keep the prompt's meter")
+                             "notes (the paper); 'meter' = also only those whose bars keep the prompt's meter", choices=REWARD_GATES)
     pg_normalise: str = field("token", "surrogate scale: 'token' divides it by the mean generated length "
-                              "(β per token, like the KL), 'sequence' keeps sequence log-prob sums")
-    prompts_per_step: int = field(16, "prompts per step (the batch is prompts_per_step × group_size samples)")
-    max_new_tokens: int = field(192, "cap on the generated tokens per sample during training")
-    temperature: float = field(1.0, "student sampling temperature (1 = on-policy)")
-    cfg_mode: str = field("batched", f"teacher CFG passes: {', '.join(CFG_MODES)}")
+                              "(β per token, like the KL), 'sequence' keeps sequence log-prob sums", choices=PG_NORMALISATIONS)
+    prompts_per_step: int = field(16, "prompts per step (the batch is prompts_per_step × group_size samples)", ge=1)
+    max_new_tokens: int = field(192, "cap on the generated tokens per sample during training", ge=1)
+    temperature: float = field(1.0, "student sampling temperature (1 = on-policy)", gt=0)
+    cfg_mode: str = field("batched", f"teacher CFG passes: {', '.join(CFG_MODES)}", choices=CFG_MODES)
     updates_per_batch: int = field(2, "optimizer steps per sampled batch (>1 reuses the samples, slightly "
-                                   "off-policy: cheaper than sampling, which dominates the step time)")
-    lr: float = field(1e-4, "peak learning rate (AdamW)")
-    weight_decay: float = field(0.0, "AdamW weight decay on matrices")
-    warmup_steps: int = field(10, "linear warm-up steps, then a constant rate")
-    max_steps: int = field(1000, "stop after this many steps")
-    max_minutes: float = field(11.0, "stop after this much training time (0 = no limit; evaluation excluded)")
-    grad_clip: float = field(1.0, "gradient-norm clip")
-    eval_every: int = field(0, "quick evaluation every N steps (0 = only at start and end)")
-    eval_prompts: int = field(32, "validation prompts in the quick evaluation")
-    eval_samples: int = field(2, "generations per validation prompt (pairs for diversity)")
-    eval_max_new_tokens: int = field(384, "generation cap in the quick evaluation (0 = max_new_tokens)")
+                                   "off-policy: cheaper than sampling, which dominates the step time)", ge=1)
+    lr: float = field(1e-4, "peak learning rate (AdamW)", gt=0)
+    weight_decay: float = field(0.0, "AdamW weight decay on matrices", ge=0)
+    warmup_steps: int = field(10, "linear warm-up steps, then a constant rate", ge=0)
+    max_steps: int = field(1000, "stop after this many steps", ge=0)
+    max_minutes: float = field(11.0, "stop after this much training time (0 = no limit; evaluation excluded)", ge=0)
+    grad_clip: float = field(1.0, "gradient-norm clip", gt=0)
+    eval_every: int = field(0, "quick evaluation every N steps (0 = only at start and end)", ge=0)
+    eval_prompts: int = field(32, "validation prompts in the quick evaluation", ge=1)
+    eval_samples: int = field(2, "generations per validation prompt (pairs for diversity)", ge=1)
+    eval_max_new_tokens: int = field(384, "generation cap in the quick evaluation (0 = max_new_tokens)", ge=0)
     eval_teacher: bool = field(True, "at the start of a run, also evaluate the teacher (base + CFG γ)")
-    ckpt_every: int = field(10, "checkpoint every N steps")
+    ckpt_every: int = field(10, "checkpoint every N steps", ge=1)
     bf16: bool = field(True, "bf16 autocast where the CPU/GPU supports it")
     device: str = field("cpu", "torch device for the generator (cpu, cuda, cuda:1, ...); judges run on the CPU")
     threads: int = field(1, "torch CPU threads (0 = torch's default). On a shared 2-core machine 1 is "
-                         "much faster: 2 threads that wait on each other slow sampling down ~30x under load")
+                         "much faster: 2 threads that wait on each other slow sampling down ~30x under load", ge=0)
     preset: str = field("small", "preset this config came from (informational)")
 
     def validate(self) -> None:
-        checks = [
-            (self.divergence in DIVERGENCES, f"--divergence must be one of {', '.join(DIVERGENCES)}"),
-            (self.baseline in BASELINES, f"--baseline must be one of {', '.join(BASELINES)}"),
-            (self.reward_gate in REWARD_GATES, f"--reward-gate must be one of {', '.join(REWARD_GATES)}"),
-            (self.pg_normalise in PG_NORMALISATIONS, f"--pg-normalise must be one of {', '.join(PG_NORMALISATIONS)}"),
-            (self.cfg_mode in CFG_MODES, f"--cfg-mode must be one of {', '.join(CFG_MODES)}"),
-            (self.group_size >= 2, "--group-size must be at least 2 (the diversity reward compares pairs)"),
+        from divcfg.config import validate_config
+        validate_config(self)  # every field's type and declared range (choices, >= 0, ...)
+        checks = [  # cross-field checks
             (self.baseline != "loo" or self.group_size >= 3,
              "--baseline loo needs --group-size >= 3 (with G=2 use batch or ema)"),
             (self.baseline != "batch" or self.prompts_per_step >= 2,
              "--baseline batch needs --prompts-per-step >= 2 (it averages the other prompts)"),
-            (0.0 <= self.jsd_beta <= 1.0, "--jsd-beta must lie in [0, 1]"),
-            (self.gamma >= 0, "--gamma must be >= 0 (1 = no guidance)"),
-            (self.beta >= 0, "--beta must be >= 0"),
             (self.beta == 0 or bool(self.embedder), "--beta > 0 needs a diversity embedder: pass --embedder CKPT"),
-            (self.max_new_tokens >= 1 and self.prompts_per_step >= 1 and self.max_steps >= 0,
-             "--max-new-tokens and --prompts-per-step must be positive"),
-            (self.temperature > 0, "--temperature must be > 0"),
-            (self.updates_per_batch >= 1, "--updates-per-batch must be at least 1"),
             (self.eval_samples >= 2 or not self.embedder, "--eval-samples must be at least 2 to measure diversity"),
         ]
         for ok, msg in checks:
