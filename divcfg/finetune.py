@@ -142,9 +142,11 @@ PRESETS: dict[str, dict] = {
                  eval_every=10, eval_prompts=4, eval_max_new_tokens=0, ckpt_every=10, updates_per_batch=1,
                  preset="tiny"),
     "demo": dict(data_dir="data/small", base="runs/demo/base", embedder="runs/demo/embedder", out="runs/demo/ft",
-                 prompts_per_step=8, max_new_tokens=160, max_steps=80, max_minutes=2.5, eval_every=0,
+                 prompts_per_step=8, max_new_tokens=160, max_steps=80, max_minutes=10.0, eval_every=0,
                  eval_prompts=8, eval_max_new_tokens=256, ckpt_every=20, preset="demo"),
-    "small": dict(),  # the dataclass defaults: ≤ 15 min per run on 2 shared cores
+    # step-bounded: 290 steps is what the README's 11-minute students reached on the idle machine;
+    # max_minutes is only a safety cap (a run it stops is recorded as cut_short)
+    "small": dict(max_steps=290, max_minutes=40.0),
     # the paper's batch: 128 generations per step (64 prompts × 2); other values are our choice
     "paper": dict(data_dir="data/full", base="runs/full/base", embedder="runs/full/embedder", out="runs/full/ft",
                   prompts_per_step=64, group_size=2, max_new_tokens=639, lr=3e-5, warmup_steps=100,
