@@ -5,6 +5,10 @@
 
 Modules are imported lazily so that ``divcfg --help`` is fast and a broken optional stage
 cannot break the others.
+
+Error contract (tested by tests/test_cli_fuzz.py): a run exits 0, or exits 2 and its stderr holds
+exactly one line that starts with ``error:`` (naming the problem and the fix) and no traceback.
+argparse's usage line is left out of errors (``--help`` prints it); Ctrl-C exits 130.
 """
 
 from __future__ import annotations
@@ -15,6 +19,20 @@ import os
 import sys
 
 from divcfg.errors import UserError
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``error: <message> (see `divcfg CMD --help`)``, exit 2."""
+
+    def error(self, message: str):
+        message = " ".join(message.split())
+        print(f"error: {message} (see `{self.prog} --help`)", file=sys.stderr)
+        sys.exit(2)
+
+
+def one_line(message: object) -> str:
+    """A message folded onto one line."""
+    return " ".join(str(message).split())
+
 
 # subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -32,7 +50,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="divcfg", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="divcfg", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
@@ -62,10 +80,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args._run(args)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: the last checkpoint written is kept; rerun with --resume", file=sys.stderr)
+        if "resume" in vars(args):
+            print("interrupted: the last checkpoint written is kept; rerun with --resume", file=sys.stderr)
+        else:
+            print(f"interrupted: `divcfg {args.command}` stopped; nothing to resume, rerun it", file=sys.stderr)
         return 130
     return 0
 

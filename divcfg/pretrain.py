@@ -39,27 +39,33 @@ from divcfg.provenance import file_hash, provenance, seed_everything
 class PretrainConfig:
     data_dir: str = field("data/small", "data set folder written by `divcfg data`")
     out: str = field("runs/small/base", "run folder (checkpoint/ and metrics.jsonl go inside)")
-    seed: int = field(0, "random seed")
-    n_layer: int = field(4, "transformer layers")
-    n_head: int = field(4, "attention heads")
-    d_model: int = field(256, "model width")
-    n_prefix: int = field(4, "number of prefix positions the text condition is projected to")
-    dropout: float = field(0.1, "dropout inside the transformer")
-    cond_dropout: float = field(0.2, "probability of replacing a row's condition by the learned null")
-    max_len: int = field(640, "maximum token positions (BOS + piece + EOS); longer pieces are cropped")
-    batch_size: int = field(32, "pieces per step")
-    lr: float = field(1e-3, "peak learning rate (AdamW)")
-    weight_decay: float = field(0.1, "AdamW weight decay on matrices")
-    warmup_steps: int = field(100, "linear warm-up steps")
-    max_steps: int = field(6000, "stop after this many steps")
-    max_minutes: float = field(10.0, "stop after this much wall time (0 = no limit)")
-    grad_clip: float = field(1.0, "gradient-norm clip")
-    eval_every: int = field(250, "validate every N steps")
-    eval_pieces: int = field(256, "validation pieces per evaluation")
-    ckpt_every: int = field(500, "checkpoint every N steps")
+    seed: int = field(0, "random seed", ge=0)
+    n_layer: int = field(4, "transformer layers", ge=1)
+    n_head: int = field(4, "attention heads", ge=1)
+    d_model: int = field(256, "model width (a multiple of --n-head)", ge=1)
+    n_prefix: int = field(4, "number of prefix positions the text condition is projected to", ge=1)
+    dropout: float = field(0.1, "dropout inside the transformer", ge=0, lt=1)
+    cond_dropout: float = field(0.2, "probability of replacing a row's condition by the learned null", ge=0, le=1)
+    max_len: int = field(640, "maximum token positions (BOS + piece + EOS); longer pieces are cropped", ge=8)
+    batch_size: int = field(32, "pieces per step", ge=1)
+    lr: float = field(1e-3, "peak learning rate (AdamW)", gt=0)
+    weight_decay: float = field(0.1, "AdamW weight decay on matrices", ge=0)
+    warmup_steps: int = field(100, "linear warm-up steps", ge=0)
+    max_steps: int = field(6000, "stop after this many steps", ge=0)
+    max_minutes: float = field(10.0, "stop after this much wall time (0 = no limit)", ge=0)
+    grad_clip: float = field(1.0, "gradient-norm clip", gt=0)
+    eval_every: int = field(250, "validate every N steps", ge=1)
+    eval_pieces: int = field(256, "validation pieces per evaluation", ge=1)
+    ckpt_every: int = field(500, "checkpoint every N steps", ge=1)
     bf16: bool = field(True, "bf16 autocast on CPUs that support it")
-    threads: int = field(0, "torch CPU threads (0 = all cores)")
+    threads: int = field(0, "torch CPU threads (0 = all cores)", ge=0)
     preset: str = field("small", "preset this config came from (informational)")
+
+    def validate(self) -> None:
+        """Cross-field checks (each field's own range is checked by divcfg.config.validate_config)."""
+        if self.d_model % self.n_head:
+            raise UserError(f"--d-model {self.d_model} is not a multiple of --n-head {self.n_head}: "
+                            f"pick e.g. --d-model {self.n_head * max(1, round(self.d_model / self.n_head))}")
 
 
 PRESETS: dict[str, dict] = {
