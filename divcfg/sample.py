@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from divcfg.config import arg_type
 from divcfg.errors import UserError
 from divcfg.models.generator import load_generator, tokenizer_path
 from divcfg.prompts import prompts_from_texts
@@ -48,16 +49,16 @@ def add_arguments(parser) -> None:
     parser.add_argument("--checkpoint", required=True, help="generator checkpoint or run folder")
     parser.add_argument("--prompt", action="append", required=True,
                         help="text prompt (repeat for several), e.g. \"an Irish jig in D major, 6/8\"")
-    parser.add_argument("--cfg", type=float, default=1.0, dest="gamma",
+    parser.add_argument("--cfg", type=arg_type(float, ge=0), default=1.0, dest="gamma",
                         help="guidance scale γ (1 = plain conditional, 0 = unconditional, >1 = CFG)")
     parser.add_argument("--cfg-mode", choices=["batched", "two_pass"], default="batched",
                         help="CFG as one 2B batch (fast) or two passes (low memory)")
-    parser.add_argument("--num-samples", type=int, default=1, help="generations per prompt")
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0 = off)")
-    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
-    parser.add_argument("--max-new-tokens", type=int, default=None)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--num-samples", type=arg_type(int, ge=1), default=1, help="generations per prompt")
+    parser.add_argument("--temperature", type=arg_type(float, gt=0), default=1.0)
+    parser.add_argument("--top-k", type=arg_type(int, ge=0), default=0, help="keep the k most likely tokens (0 = off)")
+    parser.add_argument("--top-p", type=arg_type(float, gt=0, le=1), default=1.0, help="nucleus sampling mass (1 = off)")
+    parser.add_argument("--max-new-tokens", type=arg_type(int, ge=1), default=None)
+    parser.add_argument("--seed", type=arg_type(int, ge=0), default=0)
     parser.add_argument("--out", default="samples", help="output folder")
 
 
@@ -65,8 +66,6 @@ def run(args) -> None:
     from divcfg.music.render import write_midi, write_wav
     from divcfg.music.tokenizer import load_tokenizer, tokens_to_score
 
-    if args.temperature <= 0:
-        raise UserError(f"--temperature must be > 0, got {args.temperature}")
     rows, config = generate(args.checkpoint, args.prompt, args.gamma, args.num_samples, args.temperature,
                             args.top_k, args.top_p, args.seed, args.max_new_tokens, args.cfg_mode)
     tok = load_tokenizer(tokenizer_path(config))
