@@ -142,6 +142,22 @@ def arg_type(kind: type, **meta):
     return parse
 
 
+def parse_float_list(text: str, name: str, **meta) -> list[float]:
+    """A comma-separated list of numbers (``--lams 0,0.5,1``), each checked like a float field with
+    the range in ``meta`` (finite by default); empty text is the empty list. One-line UserError."""
+    flag = f"--{name.replace('_', '-')}"
+    out = []
+    for item in (x.strip() for x in (text or "").split(",")):
+        if not item:
+            continue
+        try:
+            out.append(check_value(float(item), float, meta))
+        except ValueError as e:
+            reason = str(e) if "must" in str(e) else f"must be comma-separated numbers, got {item!r}"
+            raise UserError(f"{flag} {reason} (in {text!r}): pass e.g. {flag} 1.5,2,3") from None
+    return out
+
+
 def add_config_arguments(parser: argparse.ArgumentParser, cls, presets: dict[str, dict] | None = None,
                          skip: tuple[str, ...] = ()) -> None:
     """Add ``--preset``, ``--config`` and one ``--<field>`` flag per dataclass field."""

@@ -86,19 +86,19 @@ class EvalConfig:
     embedder: str = field("runs/small/embedder", "diversity embedder E checkpoint")
     scorer: str = field("runs/small/scorer", "alignment scorer checkpoint")
     data_dir: str = field("data/small", "data set folder written by `divcfg data` (prompts, reference)")
-    split: str = field("test", "split the prompts come from (held out: test)")
-    num_prompts: int = field(48, "K: number of held-out prompts")
-    generations: int = field(4, "G: generations per prompt (≥ 2, diversity is measured within a prompt)")
-    max_new_tokens: int = field(0, "generation length limit in tokens (0 = the model's max_len - 1)")
-    batch_size: int = field(64, "rows per sampling batch (the same for every system, for tokens/s)")
-    seed: int = field(0, "seed of the prompt subset, the sampling generator and the bootstrap")
-    bootstrap: int = field(1000, "bootstrap resamples over prompts for the confidence intervals")
-    confidence: float = field(0.95, "confidence level of the intervals")
-    reference_pieces: int = field(256, "held-out pieces for the corpus reference of the musical metrics")
+    split: str = field("test", "split the prompts come from (held out: test)", choices=("train", "val", "test"))
+    num_prompts: int = field(48, "K: number of held-out prompts", ge=1)
+    generations: int = field(4, "G: generations per prompt (≥ 2, diversity is measured within a prompt)", ge=2)
+    max_new_tokens: int = field(0, "generation length limit in tokens (0 = the model's max_len - 1)", ge=0)
+    batch_size: int = field(64, "rows per sampling batch (the same for every system, for tokens/s)", ge=1)
+    seed: int = field(0, "seed of the prompt subset, the sampling generator and the bootstrap", ge=0)
+    bootstrap: int = field(1000, "bootstrap resamples over prompts for the confidence intervals", ge=1)
+    confidence: float = field(0.95, "confidence level of the intervals", gt=0, lt=1)
+    reference_pieces: int = field(256, "held-out pieces for the corpus reference of the musical metrics", ge=1)
     bf16: bool = field(False, "bf16 autocast while sampling, where the CPU supports it (off: fp32 sampled "
                               "1.3-1.9x more tokens per CPU-second here)")
     threads: int = field(1, "torch CPU threads (0 = torch's default). 1 by default: on a shared 2-core machine "
-                            "2 threads sampled up to 17x slower than 1 (OpenMP contention)")
+                            "2 threads sampled up to 17x slower than 1 (OpenMP contention)", ge=0)
     out: str = field("runs/small/eval", "run folder for results.json, results.csv, samples.jsonl")
     preset: str = field("small", "preset this config came from (informational)")
 
@@ -151,13 +151,8 @@ class System:
 
 
 def parse_floats(text: str, name: str) -> list[float]:
-    if not text or not text.strip():
-        return []
-    try:
-        return [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise UserError(f"--{name.replace('_', '-')} must be comma-separated numbers, e.g. 1.5,2,3; "
-                        f"got {text!r}") from None
+    from divcfg.config import parse_float_list
+    return parse_float_list(text, name)  # finite numbers; the ranges are checked by build_systems
 
 
 def _ckpt(path: str) -> str:
