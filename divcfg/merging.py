@@ -201,7 +201,8 @@ def iter_merges(path_a: str | os.PathLike, path_b: str | os.PathLike, lams: Sequ
 def add_arguments(parser) -> None:
     parser.add_argument("a", help="checkpoint A (λ=0), e.g. the distilled β=0 run")
     parser.add_argument("b", help="checkpoint B (λ=1), e.g. the diversity β=15 run")
-    parser.add_argument("--lam", type=float, required=True, help="weight of B: (1-lam)*A + lam*B, in [0, 1]")
+    from divcfg.config import arg_type
+    parser.add_argument("--lam", type=arg_type(float, ge=0, le=1), required=True, help="weight of B: (1-lam)*A + lam*B, in [0, 1]")
     parser.add_argument("--out", required=True, help="folder for the merged checkpoint")
 
 

@@ -390,8 +390,9 @@ def render_report(run_dir: str | os.PathLike, *, n_prompts: int = 3, n_generatio
 
 def add_arguments(parser) -> None:
     parser.add_argument("run", help="evaluation run folder (written by `divcfg evaluate --out RUN`)")
-    parser.add_argument("--prompts", type=int, default=3, help="prompts shown in the listening section")
-    parser.add_argument("--generations", type=int, default=2, help="generations shown per system and prompt")
+    from divcfg.config import arg_type
+    parser.add_argument("--prompts", type=arg_type(int, ge=1), default=3, help="prompts shown in the listening section")
+    parser.add_argument("--generations", type=arg_type(int, ge=1), default=2, help="generations shown per system and prompt")
     parser.add_argument("--training-log", action="append", default=[], metavar="NAME=PATH",
                         help="a fine-tuning metrics.jsonl to plot (repeatable), e.g. β=15=runs/small/ft15/metrics.jsonl")
     parser.add_argument("--systems", default="", help="comma-separated system names for the listening section "
