@@ -43,8 +43,8 @@ PRESETS: dict[str, DemoPreset] = {
     "demo": DemoPreset(
         data_preset="small",
         pretrain={"preset": "demo", "max-minutes": "5"},
-        embedder={"config": "small", "minutes": "2"},
-        scorer={"config": "small", "minutes": "1.5"},
+        embedder={"preset": "small", "minutes": "2"},
+        scorer={"preset": "small", "minutes": "1.5"},
         gamma_sweep={"cfg-gammas": "1.5,2,3", "num-prompts": "12", "generations": "2", "max-new-tokens": "256"},
         finetune={"preset": "demo"},
         evaluate={"preset": "demo"},
@@ -53,8 +53,8 @@ PRESETS: dict[str, DemoPreset] = {
     "tiny": DemoPreset(
         data_preset="tiny",
         pretrain={"preset": "tiny", "max-steps": "60"},
-        embedder={"config": "tiny", "steps": "20", "eval-pieces": "6"},
-        scorer={"config": "tiny", "steps": "20", "eval-pieces": "6"},
+        embedder={"preset": "tiny", "steps": "20", "eval-pieces": "6"},
+        scorer={"preset": "tiny", "steps": "20", "eval-pieces": "6"},
         gamma_sweep={"preset": "tiny", "cfg-gammas": "1.5,2", "num-prompts": "3", "generations": "2",
                      "max-new-tokens": "48", "temperatures": "", "quality": "", "diversity": ""},
         finetune={"preset": "tiny"},
@@ -64,8 +64,8 @@ PRESETS: dict[str, DemoPreset] = {
     "small": DemoPreset(
         data_preset="small",
         pretrain={"preset": "small"},
-        embedder={"config": "small"},
-        scorer={"config": "small"},
+        embedder={"preset": "small"},
+        scorer={"preset": "small"},
         gamma_sweep={"cfg-gammas": "1.5,2,3,4", "num-prompts": "32", "generations": "2"},
         finetune={"preset": "small"},
         evaluate={"preset": "small"},

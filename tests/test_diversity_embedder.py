@@ -143,7 +143,7 @@ def test_positive_chunks_do_not_overlap(pieces):
 def test_cli_train_and_eval(tiny_data_dir, tmp_path, capsys):
     from divcfg.cli import main
     out = tmp_path / "E"
-    assert main(["embedder", "train", "--config", "tiny", "--data-dir", str(tiny_data_dir), "--out", str(out),
+    assert main(["embedder", "train", "--preset", "tiny", "--data-dir", str(tiny_data_dir), "--out", str(out),
                  "--steps", "5", "--eval-pieces", "100"]) == 0
     text = capsys.readouterr().out
     assert "held-out retrieval" in text and (out / "model.safetensors").exists()

@@ -138,26 +138,27 @@ def evaluate(scorer: AlignmentScorer, pieces: list[dict], n_pieces: int = 100, s
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from divcfg.config import arg_type
     sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     t = sub.add_parser("train", help="train the scorer on a data cache and print held-out figures")
     t.add_argument("--data-dir", default="data/small", help="data cache (from `divcfg data`)")
     t.add_argument("--out", default="runs/small/scorer", help="checkpoint folder to write")
-    t.add_argument("--config", default="small", choices=sorted(PRESETS), help="named size (tiny: tests)")
-    t.add_argument("--minutes", type=float, help="wall-clock training budget (default: the preset's)")
-    t.add_argument("--steps", type=int, help="maximum optimiser steps (default: the preset's)")
+    t.add_argument("--preset", default="small", choices=sorted(PRESETS), help="named size (tiny: tests)")
+    t.add_argument("--minutes", type=arg_type(float, ge=0), help="wall-clock training budget (default: the preset's)")
+    t.add_argument("--steps", type=arg_type(int, ge=1), help="maximum optimiser steps (default: the preset's)")
     t.add_argument("--batch-size", type=int)
     t.add_argument("--lr", type=float)
-    t.add_argument("--max-train-pieces", type=int, help="use a random subset of the training split")
-    t.add_argument("--eval-pieces", type=int, default=100, help="N held-out candidates")
-    t.add_argument("--threads", type=int, default=1, help="torch CPU threads (the machine is shared)")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--max-train-pieces", type=arg_type(int, ge=2), help="use a random subset of the training split")
+    t.add_argument("--eval-pieces", type=arg_type(int, ge=2), default=100, help="N held-out candidates")
+    t.add_argument("--threads", type=arg_type(int, ge=0), default=1, help="torch CPU threads (the machine is shared)")
+    t.add_argument("--seed", type=arg_type(int, ge=0), default=0)
     e = sub.add_parser("eval", help="held-out recall and AUC of a trained scorer")
     e.add_argument("--checkpoint", default="runs/small/scorer")
     e.add_argument("--data-dir", default="data/small")
     e.add_argument("--split", default="test", choices=["val", "test"])
-    e.add_argument("--eval-pieces", type=int, default=100)
-    e.add_argument("--threads", type=int, default=1)
-    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--eval-pieces", type=arg_type(int, ge=2), default=100)
+    e.add_argument("--threads", type=arg_type(int, ge=0), default=1)
+    e.add_argument("--seed", type=arg_type(int, ge=0), default=0)
 
 
 def _print_eval(r: dict) -> None:
@@ -177,19 +178,19 @@ def run(args: argparse.Namespace) -> None:
     if args.action == "eval":
         _print_eval(evaluate(load_alignment_scorer(args.checkpoint), test, args.eval_pieces, args.seed))
         return
-    preset = PRESETS[args.config]
+    preset = PRESETS[args.preset]
     tok = load_tokenizer(data_dir)
     train = load_split(data_dir, "train")
     if args.max_train_pieces and len(train) > args.max_train_pieces:
         keep = np.random.default_rng(args.seed).choice(len(train), args.max_train_pieces, replace=False)
         train = [train[i] for i in sorted(keep)]
-    cfg = make_config(tok, args.config)
+    cfg = make_config(tok, args.preset)
     scorer, hist = train_scorer(train, tok, cfg, steps=args.steps or preset["steps"],
                                 minutes=args.minutes if args.minutes is not None else preset["minutes"],
                                 batch_size=args.batch_size or preset["batch_size"], lr=args.lr or preset["lr"],
                                 seed=args.seed, data_dir=data_dir)
     res = evaluate(scorer, test, args.eval_pieces, args.seed)
-    info = {"preset": args.config, "steps": hist["steps"], "train_seconds": round(hist["seconds"], 1),
+    info = {"preset": args.preset, "steps": hist["steps"], "train_seconds": round(hist["seconds"], 1),
             "train_cpu_seconds": round(hist["cpu_seconds"], 1), "threads": args.threads,
             "caption_embedding_seconds": round(hist["text_seconds"], 1), "n_train_pieces": len(train),
             "final_loss": float(np.mean(hist["loss"][-20:]))}

@@ -263,43 +263,44 @@ def train_embedder(train_pieces: list[np.ndarray], cfg: EmbedderConfig, *, augme
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from divcfg.config import arg_type
     sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     t = sub.add_parser("train", help="train E on a data cache and print held-out retrieval")
     t.add_argument("--data-dir", default="data/small", help="data cache (from `divcfg data`)")
     t.add_argument("--out", default="runs/small/embedder", help="checkpoint folder to write")
-    t.add_argument("--config", default="small", choices=sorted(PRESETS),
+    t.add_argument("--preset", default="small", choices=sorted(PRESETS),
                    help="named size: tiny (tests, <1 min), small (default, ~15 min on 2 CPU cores), "
                         "paper (12 layers, 6 heads)")
-    t.add_argument("--minutes", type=float, help="wall-clock training budget (default: the preset's)")
-    t.add_argument("--steps", type=int, help="maximum optimiser steps (default: the preset's)")
-    t.add_argument("--batch-size", type=int, help="pieces per batch (2 views each)")
-    t.add_argument("--lr", type=float, help="peak AdamW learning rate")
-    t.add_argument("--tau", type=float, default=0.1, help="InfoNCE temperature")
-    t.add_argument("--chunk-steps", type=int, help="chunk length in 16th-note steps")
-    t.add_argument("--max-transpose", type=int, default=0,
+    t.add_argument("--minutes", type=arg_type(float, ge=0), help="wall-clock training budget (default: the preset's)")
+    t.add_argument("--steps", type=arg_type(int, ge=1), help="maximum optimiser steps (default: the preset's)")
+    t.add_argument("--batch-size", type=arg_type(int, ge=2), help="pieces per batch (2 views each)")
+    t.add_argument("--lr", type=arg_type(float, gt=0), help="peak AdamW learning rate")
+    t.add_argument("--tau", type=arg_type(float, gt=0), default=0.1, help="InfoNCE temperature")
+    t.add_argument("--chunk-steps", type=arg_type(int, ge=1), help="chunk length in 16th-note steps")
+    t.add_argument("--max-transpose", type=arg_type(int, ge=0, le=12), default=0,
                    help="random transposition of each view in ±semitones (the paper's pitch-shift "
                         "augmentation; not needed with the default key canonicalisation)")
     t.add_argument("--no-canonical-key", action="store_true",
                    help="do not transpose pieces to a canonical key (E then sees key unless "
                         "--max-transpose teaches it not to)")
-    t.add_argument("--max-stretch", type=float, default=1.0,
+    t.add_argument("--max-stretch", type=arg_type(float, ge=1), default=1.0,
                    help="time-stretch factor range [1/x, x] (1: off; see pianoroll.Augment)")
-    t.add_argument("--p-drop", type=float, default=0.1, help="note-drop probability")
-    t.add_argument("--p-insert", type=float, default=0.05, help="inserted notes per note")
-    t.add_argument("--jitter-steps", type=float, default=0.5, help="onset jitter std in 16th steps")
+    t.add_argument("--p-drop", type=arg_type(float, ge=0, lt=1), default=0.1, help="note-drop probability")
+    t.add_argument("--p-insert", type=arg_type(float, ge=0), default=0.05, help="inserted notes per note")
+    t.add_argument("--jitter-steps", type=arg_type(float, ge=0), default=0.5, help="onset jitter std in 16th steps")
     t.add_argument("--no-augment", action="store_true", help="train without any augmentation")
-    t.add_argument("--max-train-pieces", type=int, help="use a random subset of the training split")
-    t.add_argument("--eval-pieces", type=int, default=100, help="N held-out pieces for retrieval")
-    t.add_argument("--threads", type=int, default=2,
+    t.add_argument("--max-train-pieces", type=arg_type(int, ge=2), help="use a random subset of the training split")
+    t.add_argument("--eval-pieces", type=arg_type(int, ge=2), default=100, help="N held-out pieces for retrieval")
+    t.add_argument("--threads", type=arg_type(int, ge=0), default=2,
                    help="torch CPU threads (on a busy shared machine 1 is often faster)")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=arg_type(int, ge=0), default=0)
     e = sub.add_parser("eval", help="held-out retrieval and invariance figures of a trained E")
     e.add_argument("--checkpoint", default="runs/small/embedder")
     e.add_argument("--data-dir", default="data/small")
     e.add_argument("--split", default="test", choices=["val", "test"])
-    e.add_argument("--eval-pieces", type=int, default=100)
-    e.add_argument("--threads", type=int, default=2)
-    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--eval-pieces", type=arg_type(int, ge=2), default=100)
+    e.add_argument("--threads", type=arg_type(int, ge=0), default=2)
+    e.add_argument("--seed", type=arg_type(int, ge=0), default=0)
 
 
 def evaluate(E: DiversityEmbedder, pieces: list[np.ndarray], n_pieces: int, seed: int = 0) -> dict:
@@ -330,7 +331,7 @@ def run(args: argparse.Namespace) -> None:
         res = evaluate(E, pieces, args.eval_pieces, args.seed)
         _print_eval(res)
         return
-    preset = PRESETS[args.config]
+    preset = PRESETS[args.preset]
     cfg = EmbedderConfig(vit=preset["vit"], chunk_steps=args.chunk_steps or preset["chunk_steps"],
                          pitch_low=preset["pitch_low"], n_pitches=preset["n_pitches"], out_dim=preset["out_dim"],
                          canonical_key=not args.no_canonical_key)
@@ -345,7 +346,7 @@ def run(args: argparse.Namespace) -> None:
                              batch_size=args.batch_size or preset["batch_size"], lr=args.lr or preset["lr"],
                              tau=args.tau, seed=args.seed, bar_beats=[p["bar_beats"] for p in train_meta])
     res = evaluate(E, test, args.eval_pieces, args.seed)
-    train_info = {"preset": args.config, "augment": asdict(augment) if augment else None, "tau": args.tau,
+    train_info = {"preset": args.preset, "augment": asdict(augment) if augment else None, "tau": args.tau,
                   "steps": hist["steps"], "train_seconds": round(hist["seconds"], 1),
                   "train_cpu_seconds": round(hist["cpu_seconds"], 1), "threads": args.threads,
                   "decode_seconds": round(t_load, 1), "n_train_pieces": hist["n_train_pieces"],
