@@ -474,7 +474,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="tiny: ~200 tunes for tests; small: short folk tunes (<=512 tokens); "
                              "full: every work that parses, long ones windowed at bar lines (default: small)")
     parser.add_argument("--data-dir", default="data", help="root folder of the data caches (default: data)")
-    parser.add_argument("--workers", type=int, default=0, help="parallel parser processes (default: CPU count)")
+    from divcfg.config import arg_type
+    parser.add_argument("--workers", type=arg_type(int, ge=0), default=0, help="parallel parser processes (default: CPU count)")
     parser.add_argument("--force", action="store_true", help="rebuild even if the cache is up to date")
     parser.add_argument("--extra-file", action="append", default=[], help=argparse.SUPPRESS)
 
