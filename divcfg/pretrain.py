@@ -6,9 +6,15 @@ condition ``c`` is the row's caption embedding, replaced by the learned null wit
 Validation reports both the conditional and the unconditional NLL; their gap is how much the
 model uses the prompt.
 
-The learning rate follows warm-up then cosine decay over training *progress*, defined as
-``max(step / max_steps, elapsed / max_minutes)``, so a time-boxed run still decays fully.
-Checkpoints are atomic; ``--resume`` restores weights, optimizer, RNG, step and elapsed time.
+The run is bounded by ``max_steps``: the learning rate follows linear warm-up then cosine decay
+over ``step / max_steps`` (a function of the step only, so the result does not depend on the
+machine's speed). ``max_minutes`` is only a safety cap on the training time: a run it stops before
+``max_steps`` warns on stderr and records ``cut_short`` (``divcfg.stages``) in its checkpoint's
+``config.json`` and in ``<out>/DONE.json``, the completion marker written as the very last act.
+
+Checkpoints are atomic; ``--resume`` restores weights, optimizer, RNG, the batch queue, step and
+elapsed time, and truncates ``metrics.jsonl`` to what the checkpoint had seen, so a run killed at
+any moment and resumed equals an uninterrupted one. Architecture flags cannot change on resume.
 """
 
 from __future__ import annotations
@@ -33,6 +39,8 @@ from divcfg.models.generator import load_generator, save_generator
 from divcfg.models.transformer import ModelConfig, MusicTransformer
 from divcfg.prompts import check_data_dir, embed_texts
 from divcfg.provenance import file_hash, provenance, seed_everything
+from divcfg.stages import (TimeCap, clear_finished, mark_finished, metrics_size, python_rng_state,
+                           set_python_rng_state, truncate_metrics)
 
 
 @dataclass
@@ -51,13 +59,15 @@ class PretrainConfig:
     lr: float = field(1e-3, "peak learning rate (AdamW)", gt=0)
     weight_decay: float = field(0.1, "AdamW weight decay on matrices", ge=0)
     warmup_steps: int = field(100, "linear warm-up steps", ge=0)
-    max_steps: int = field(6000, "stop after this many steps", ge=0)
-    max_minutes: float = field(10.0, "stop after this much wall time (0 = no limit)", ge=0)
+    max_steps: int = field(660, "train this many steps (the lr schedule is a function of the step only)", ge=0)
+    max_minutes: float = field(60.0, "safety cap on training time; a run it stops is recorded as cut_short "
+                               "(0 = none)", ge=0)
     grad_clip: float = field(1.0, "gradient-norm clip", gt=0)
     eval_every: int = field(250, "validate every N steps", ge=1)
     eval_pieces: int = field(256, "validation pieces per evaluation", ge=1)
-    ckpt_every: int = field(500, "checkpoint every N steps", ge=1)
-    bf16: bool = field(True, "bf16 autocast on CPUs that support it")
+    ckpt_every: int = field(100, "checkpoint every N steps", ge=1)
+    bf16: bool = field(True, "bf16 autocast where the CPU/GPU supports it")
+    device: str = field("cpu", "torch device (cpu, cuda, cuda:1, ...)")
     threads: int = field(0, "torch CPU threads (0 = all cores)", ge=0)
     preset: str = field("small", "preset this config came from (informational)")
 
@@ -68,16 +78,24 @@ class PretrainConfig:
                             f"pick e.g. --d-model {self.n_head * max(1, round(self.d_model / self.n_head))}")
 
 
+# Step budgets: what the former time boxes reached on the idle 2-core machine (about 28 steps/min
+# for the small model with 1 thread), so the published runs are reproduced whatever the load;
+# max_minutes is a safety cap of ~2.5x the idle time.
 PRESETS: dict[str, dict] = {
     "tiny": dict(data_dir="data/tiny", out="runs/tiny/base", n_layer=2, n_head=2, d_model=64, n_prefix=2,
-                 batch_size=16, max_steps=150, max_minutes=2.0, eval_every=50, eval_pieces=64,
+                 batch_size=16, max_steps=150, max_minutes=10.0, eval_every=50, eval_pieces=64,
                  ckpt_every=50, warmup_steps=20, lr=2e-3, preset="tiny"),
-    "demo": dict(data_dir="data/small", out="runs/demo/base", max_minutes=5.0, preset="demo"),
+    # the former 5-minute box: ~150 steps (336 s stage time in the timed `make demo`)
+    "demo": dict(data_dir="data/small", out="runs/demo/base", max_steps=150, max_minutes=15.0, ckpt_every=50,
+                 preset="demo"),
+    # the README's base: 659 steps (15 min + a resume to 24 min)
     "small": dict(),
     "full": dict(data_dir="data/full", out="runs/full/base", n_layer=6, n_head=8, d_model=384,
-                 max_minutes=120.0, max_steps=40000, batch_size=48, lr=6e-4, ckpt_every=1000,
-                 preset="full"),
+                 max_minutes=0.0, max_steps=40000, batch_size=48, lr=6e-4, ckpt_every=1000,
+                 device="cuda", preset="full"),
 }
+
+ARCHITECTURE = ("vocab_size", "n_layer", "n_head", "d_model", "n_prefix", "max_len", "dropout")
 
 
 def bf16_supported() -> bool:
@@ -95,6 +113,7 @@ class PieceBatcher:
         self.pieces, self.cond_table, self.caption_index = pieces, cond_table, caption_index
         self.pad, self.bos, self.eos = ids["pad"], ids["bos"], ids["eos"]
         self.max_len = max_len
+        self.device = cond_table.device
 
     def length_bucketed(self, batch_size: int, rng: random.Random, pool_batches: int = 16) -> list[list[int]]:
         """``pool_batches`` random batches whose members have similar lengths (less padding):
@@ -153,7 +172,8 @@ def validate(model, batcher: PieceBatcher, n: int, batch_size: int, autocast: bo
         b = idx[s: s + batch_size]
         x, cond = batcher.rows(b, rng)
         cond = batcher.cond_table[[batcher.caption_index[i][0] for i in b]]
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        x, cond = x.to(batcher.device), cond.to(batcher.device)
+        with torch.autocast(batcher.device.type, dtype=torch.bfloat16, enabled=autocast):
             tot_c += token_nll(model, x, cond, None, batcher.pad).item() * len(b)
             tot_u += token_nll(model, x, None, None, batcher.pad).item() * len(b)
         count += len(b)
@@ -162,11 +182,39 @@ def validate(model, batcher: PieceBatcher, n: int, batch_size: int, autocast: bo
             "val/cond_gain": (tot_u - tot_c) / count}
 
 
+def resolve_device(name: str) -> torch.device:
+    """``--device`` as a torch device, with one-line errors for a bad name or a missing GPU."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name!r} is not a torch device: use cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda but no CUDA GPU is visible: pass --device cpu")
+    return device
+
+
+def autocast_bf16(enabled: bool, device: torch.device) -> bool:
+    """Whether bf16 autocast is on: asked for and supported by the CPU (mkldnn) or the GPU."""
+    if not enabled:
+        return False
+    return bf16_supported() if device.type == "cpu" else bool(torch.cuda.is_bf16_supported())
+
+
+def _check_architecture(model: MusicTransformer, mcfg: ModelConfig, ckpt_dir: Path) -> None:
+    old, new = model.cfg.to_dict(), mcfg.to_dict()
+    for k in ARCHITECTURE:
+        if old.get(k) != new.get(k):
+            what = "the data set's vocabulary size" if k == "vocab_size" else f"--{k.replace('_', '-')}"
+            raise UserError(f"--resume with a different {what} ({new.get(k)!r}) than the checkpoint in '{ckpt_dir}' "
+                            f"({old.get(k)!r}): pass the same value, or start a new run with another --out")
+
+
 def train(cfg: PretrainConfig, resume: bool = False) -> Path:
     from divcfg.music.corpus import load_split
     from divcfg.music.tokenizer import load_tokenizer, special_ids
 
     data_dir = check_data_dir(cfg.data_dir)
+    device = resolve_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
@@ -178,6 +226,7 @@ def train(cfg: PretrainConfig, resume: bool = False) -> Path:
     if not splits["train"] or not splits["val"]:
         raise UserError(f"data set '{data_dir}' has an empty train or val split: rebuild it with `divcfg data --force`")
     cond_table, caption_index = _caption_table(splits, data_dir)
+    cond_table = cond_table.to(device)
     train_b = PieceBatcher(splits["train"], cond_table, caption_index["train"], ids, cfg.max_len)
     val_b = PieceBatcher(splits["val"], cond_table, caption_index["val"], ids, cfg.max_len)
 
@@ -186,8 +235,11 @@ def train(cfg: PretrainConfig, resume: bool = False) -> Path:
                        pad_id=ids["pad"], bos_id=ids["bos"], eos_id=ids["eos"])
     rng = random.Random(cfg.seed)
     step, elapsed = 0, 0.0
-    if resume and (ckpt_dir / "model.safetensors").exists():
-        model, old = load_generator(ckpt_dir)
+    queue: list[list[int]] = []   # the length-bucketed batches still to train on (saved for resume)
+    has_ckpt = (ckpt_dir / "model.safetensors").exists() or (out / "checkpoint.old" / "model.safetensors").exists()
+    if resume and has_ckpt:
+        model, _ = load_generator(ckpt_dir, device=cfg.device)
+        _check_architecture(model, mcfg, ckpt_dir)
         model.train()
         state = load_training_state(ckpt_dir)
         if state is None:
@@ -195,7 +247,7 @@ def train(cfg: PretrainConfig, resume: bool = False) -> Path:
     else:
         if resume:
             print(f"no checkpoint in '{ckpt_dir}' yet: starting from scratch")
-        model, state = MusicTransformer(mcfg), None
+        model, state = MusicTransformer(mcfg).to(device), None
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
@@ -203,53 +255,59 @@ def train(cfg: PretrainConfig, resume: bool = False) -> Path:
     if state is not None:
         opt.load_state_dict(state["optimizer"])
         step, elapsed = state["step"], state["elapsed"]
-        rng.setstate(state["python_rng"])
+        set_python_rng_state(rng, state["python_rng"])
         torch.set_rng_state(state["torch_rng"])
+        if device.type == "cuda" and state.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(state["cuda_rng"], device)
+        queue = [list(b) for b in state.get("queue", [])]
         print(f"resuming from step {step} ({elapsed / 60:.1f} min done)")
 
-    autocast = cfg.bf16 and bf16_supported()
+    autocast = autocast_bf16(cfg.bf16, device)
     manifest_hash = file_hash(data_dir / "manifest.json")
     record = {"pretrain": dataclasses.asdict(cfg), "bf16": autocast, "data_manifest_hash": manifest_hash,
               "data_dir": str(data_dir), "parameters": model.num_parameters()}
     out.mkdir(parents=True, exist_ok=True)
-    metrics_f = open(out / "metrics.jsonl", "a")
-
-    def progress() -> float:
-        p = step / cfg.max_steps
-        if cfg.max_minutes > 0:
-            p = max(p, elapsed / (cfg.max_minutes * 60))
-        return p
+    clear_finished(out)
+    metrics_file = out / "metrics.jsonl"
+    # a fresh run starts an empty log; a resume drops the rows a killed run logged after its checkpoint
+    truncate_metrics(metrics_file, step, state.get("metrics_bytes") if state is not None else 0)
+    metrics_f = open(metrics_file, "a")
+    time_cap = TimeCap(cfg.max_minutes)
 
     def lr_at() -> float:
+        """Warm-up, then cosine from lr to lr/10 over step / max_steps (steps only)."""
         if step < cfg.warmup_steps:
             return cfg.lr * (step + 1) / cfg.warmup_steps
-        return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress(), 1.0))))
+        return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(step / max(cfg.max_steps, 1), 1.0))))
 
-    def save(val: dict | None):
-        conf = {**record, "step": step, "elapsed_s": elapsed, "val": val,
+    def save(val: dict | None, metrics_bytes: int | None = None, cut_short: dict | None = None):
+        metrics_f.flush()
+        conf = {**record, "step": step, "elapsed_s": elapsed, "val": val, "cut_short": cut_short,
                 "provenance": provenance(cfg.seed, stage="pretrain")}
         ts = {"optimizer": opt.state_dict(), "step": step, "elapsed": elapsed,
-              "python_rng": rng.getstate(), "torch_rng": torch.get_rng_state()}
+              "python_rng": python_rng_state(rng), "torch_rng": torch.get_rng_state(),
+              "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+              "queue": queue, "metrics_bytes": metrics_size(metrics_file) if metrics_bytes is None else metrics_bytes}
         save_generator(ckpt_dir, model, conf, data_dir / "tokenizer.json", ts)
 
     print(f"model: {model.num_parameters() / 1e6:.2f}M parameters, vocab {len(tok)}, bf16={autocast}, "
-          f"{len(splits['train'])} train / {len(splits['val'])} val pieces")
+          f"{len(splits['train'])} train / {len(splits['val'])} val pieces, device {device}")
     model.train()
     val = None
     bar = tqdm(total=cfg.max_steps, initial=step, desc="pretrain", dynamic_ncols=True,
                mininterval=0.5 if sys.stderr.isatty() else 30.0)
     tokens_seen, t_last = 0, time.time()
-    queue: list[list[int]] = []
-    while step < cfg.max_steps and progress() < 1.0:
+    while step < cfg.max_steps and not time_cap.reached(elapsed):
         t0 = time.time()
         if not queue:
             queue = train_b.length_bucketed(cfg.batch_size, rng)
         idx = queue.pop()
         x, cond = train_b.rows(idx, rng)
-        null_mask = torch.rand(len(idx)) < cfg.cond_dropout
+        x = x.to(device)
+        null_mask = (torch.rand(len(idx)) < cfg.cond_dropout).to(device)  # CPU generator on every device
         for g in opt.param_groups:
             g["lr"] = lr_at()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
             loss = token_nll(model, x, cond, null_mask, ids["pad"])
         if not torch.isfinite(loss):
             raise UserError(f"loss became {loss.item()} at step {step}: lower --lr and rerun with --resume "
@@ -277,10 +335,15 @@ def train(cfg: PretrainConfig, resume: bool = False) -> Path:
             save(val)
         bar.update(1)
     bar.close()
+    cut_short = time_cap.cut_short("pretrain", step, cfg.max_steps)
+    metrics_f.flush()
+    before_end = metrics_size(metrics_file)  # a resume after the final save rewrites the final row once
     val = validate(model, val_b, cfg.eval_pieces, cfg.batch_size, autocast)
     metrics_f.write(json.dumps({"step": step, **val}) + "\n")
+    save(val, metrics_bytes=before_end, cut_short=cut_short)
     metrics_f.close()
-    save(val)
+    mark_finished(out, "pretrain", step, cfg.max_steps, cut_short, seed=cfg.seed, elapsed_s=elapsed, val=val,
+                  checkpoint=str(ckpt_dir))
     print(f"done: step {step}, {elapsed / 60:.1f} min, val nll cond {val['val/nll_cond']:.3f} "
           f"uncond {val['val/nll_uncond']:.3f} -> {ckpt_dir}")
     return ckpt_dir
