@@ -46,6 +46,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("divcfg.evaluation", "quality-diversity evaluation of systems on held-out prompts"),
     "report": ("divcfg.report", "render the HTML report of an evaluation run"),
     "demo": ("divcfg.demo", "the whole pipeline on the embedded music21 testbed"),
+    "listen": ("divcfg.listening.cli", "blinded listening study (web app) over an evaluation run; --analyse"),
 }
 
 
@@ -66,17 +67,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_command(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse ``argv``; a usage mistake prints one ``error:`` line and exits 2 (SystemExit)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
-        parser.print_help()
-        return 2
+        parser.error("no COMMAND given: choose one of " + ", ".join(COMMANDS))
     if getattr(args, "_missing", None):
-        print(f"error: `divcfg {args.command}` is not available in this version", file=sys.stderr)
-        return 2
+        parser.error(f"`divcfg {args.command}` is not available in this version")
+    return args
+
+
+def run_command(argv: list[str]) -> None:
+    """Run one subcommand in-process; a user mistake raises :class:`UserError` (for callers such as
+    ``divcfg demo``, which adds the stage's name to the one line)."""
+    args = parse_command(argv)
+    args._run(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_command(argv)
     try:
         args._run(args)
     except UserError as e:
