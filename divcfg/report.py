@@ -381,6 +381,9 @@ def render_report(run_dir: str | os.PathLike, *, n_prompts: int = 3, n_generatio
         plot_svg=f"{ASSETS}/{plot_svg.name}", plot_png=f"{ASSETS}/{plot_png.name}",
         curves_uri=_data_uri(curves_png) if has_curves else None, training_logs=logs,
         listening=listening, wav_ok=wav_ok, audio_requested=audio, mv=results.get("merge_vs_cfg"), fmt=_fmt, fmtg=_fmtg)
+    if (run_dir / "listening" / "analysis.json").is_file():  # `divcfg listen RUN --analyse` was run
+        from divcfg.listening.analysis import add_section_to_page
+        page = add_section_to_page(page, run_dir)
     out = run_dir / "report.html"
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text(page, encoding="utf-8")
