@@ -41,13 +41,16 @@ from divcfg.music import pianoroll as pr
 
 # named training presets: the ViT size plus how long to train
 # (the pitch window C2..B6 holds the key-canonicalised melodies; outliers fold by octaves)
+# Training is bounded by ``steps`` (the result does not depend on the machine's speed); ``minutes`` is a
+# safety cap whose cut is recorded as cut_short. small: 1,650 steps is what the README's 15-minute E
+# reached on the idle 2-core machine (1,654 steps); its cap is 3x that time.
 PRESETS = {
     "tiny": dict(vit="tiny", chunk_steps=32, pitch_low=36, n_pitches=60, out_dim=64, batch_size=64, lr=2e-3,
-                 minutes=1.0, steps=300),
+                 minutes=10.0, steps=300),
     "small": dict(vit="small", chunk_steps=64, pitch_low=36, n_pitches=60, out_dim=128, batch_size=128, lr=1e-3,
-                  minutes=15.0, steps=2000),
+                  minutes=45.0, steps=1650),
     "paper": dict(vit="paper", chunk_steps=64, pitch_low=21, n_pitches=88, out_dim=128, batch_size=256, lr=3e-4,
-                  minutes=600.0, steps=20_000),
+                  minutes=0.0, steps=20_000),
 }
 
 
@@ -164,9 +167,9 @@ def retrieval(E: DiversityEmbedder, pieces: list[np.ndarray], n_pieces: int = 10
               bar_beats: list[float] | None = None) -> dict:
     """Top-1 same-piece retrieval among ``2N`` held-out chunks (see the module docstring)."""
     E.eval()
-    rolls = torch.from_numpy(retrieval_chunks(pieces, E.cfg, n_pieces, seed, bar_beats))
+    rolls = torch.from_numpy(retrieval_chunks(pieces, E.cfg, n_pieces, seed, bar_beats)).to(E.device)
     n_pieces = len(rolls) // 2
-    z = torch.cat([E(rolls[i:i + 256]) for i in range(0, len(rolls), 256)])
+    z = torch.cat([E(rolls[i:i + 256]) for i in range(0, len(rolls), 256)]).float().cpu()
     sim = (z @ z.T).fill_diagonal_(-2.0)
     target = torch.arange(len(z)) ^ 1
     top1 = (sim.argmax(1) == target).float().mean().item()
@@ -220,41 +223,73 @@ def invariance(E: DiversityEmbedder, pieces: list[np.ndarray], n_pieces: int = 1
 
 def train_embedder(train_pieces: list[np.ndarray], cfg: EmbedderConfig, *, augment: pr.Augment | None,
                    steps: int, minutes: float, batch_size: int, lr: float, tau: float = 0.1,
-                   seed: int = 0, progress: bool = True, bar_beats: list[float] | None = None
-                   ) -> tuple[DiversityEmbedder, dict]:
-    """Train ``E`` until ``steps`` or ``minutes`` run out (the cosine schedule follows whichever
-    is closer to done); chunks start on bar lines when ``bar_beats`` (per piece) is given, else on
-    beats. Returns (E in eval mode, history)."""
+                   seed: int = 0, progress: bool = True, bar_beats: list[float] | None = None,
+                   device: str = "cpu", resume_from: tuple[dict, dict] | None = None, ckpt_every: int = 0,
+                   on_checkpoint=None, out: str = "the output folder") -> tuple[DiversityEmbedder, dict]:
+    """Train ``E`` for ``steps`` steps (warm-up, then cosine over ``step / steps``: the schedule is
+    a function of the step only); ``minutes`` is a safety cap on the training time, summed over
+    resumes (0 = none). Chunks start on bar lines when ``bar_beats`` (per piece) is given, else on
+    beats. Every ``ckpt_every`` steps ``on_checkpoint(E, training_state)`` is called;
+    ``resume_from = (weights, training_state)`` continues such a checkpoint exactly. A non-finite
+    loss stops with a one-line error (the last checkpoint is kept). Returns (E in eval mode,
+    history with the final ``training_state``)."""
+    from divcfg.pretrain import autocast_bf16, resolve_device
+    from divcfg.stages import TimeCap, cosine_lr, non_finite_error
+    dev = resolve_device(device)
     torch.manual_seed(seed)
     E = DiversityEmbedder(cfg)
     sampler = PairSampler(train_pieces, cfg, augment, seed=seed, bar_beats=bar_beats)
     opt = torch.optim.AdamW(E.parameters(), lr=lr, weight_decay=0.05)
-    budget = minutes * 60.0
-    t0, cpu0 = time.time(), time.process_time()
-    hist = {"loss": [], "acc": []}
-    bar = tqdm(total=steps, desc="embedder", disable=not progress, mininterval=2.0)
-    step = 0
+    hist: dict = {"loss": [], "acc": []}
+    step, elapsed, saved_step = 0, 0.0, None
+    if resume_from is not None:
+        weights, state = resume_from
+        E.load_state_dict(weights)
+        step, elapsed, saved_step = int(state["step"]), float(state["elapsed"]), int(state["step"])
+        torch.set_rng_state(state["torch_rng"])
+        sampler.rng.bit_generator.state = json.loads(state["sampler_rng"])
+        hist = {"loss": list(state["loss"]), "acc": list(state["acc"])}
+    E.to(dev)
+    if resume_from is not None:
+        opt.load_state_dict(resume_from[1]["optimizer"])
+    autocast = dev.type == "cuda" and autocast_bf16(True, dev)   # CPU: float32, as before
+    cap = TimeCap(minutes)
+    cpu0 = time.process_time()
+
+    def training_state() -> dict:
+        return {"optimizer": opt.state_dict(), "step": step, "elapsed": elapsed, "torch_rng": torch.get_rng_state(),
+                "sampler_rng": json.dumps(sampler.rng.bit_generator.state), "loss": hist["loss"], "acc": hist["acc"],
+                "steps_planned": steps}
+
+    bar = tqdm(total=steps, initial=step, desc="embedder", disable=not progress, mininterval=2.0)
     E.train()
-    while step < steps and time.time() - t0 < budget:
-        progress_frac = max(step / steps, (time.time() - t0) / budget)
-        warm = min(1.0, (step + 1) / 50)
+    while step < steps and not cap.reached(elapsed):
+        t0 = time.time()
         for g in opt.param_groups:
-            g["lr"] = lr * warm * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(progress_frac, 1.0))))
-        x = sampler.batch(batch_size)
-        loss, acc = info_nce(E(x), tau)
+            g["lr"] = cosine_lr(lr, step, steps)
+        x = sampler.batch(batch_size).to(dev)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=autocast):
+            loss, acc = info_nce(E(x), tau)
+        if not torch.isfinite(loss):
+            raise non_finite_error("embedder", loss.item(), step, out, saved_step)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(E.parameters(), 1.0)
         opt.step()
         step += 1
+        elapsed += time.time() - t0
         hist["loss"].append(loss.item())
         hist["acc"].append(acc.item())
         bar.update(1)
         if step % 10 == 0:
             bar.set_postfix(loss=f"{np.mean(hist['loss'][-10:]):.3f}", acc=f"{np.mean(hist['acc'][-10:]):.2f}")
+        if on_checkpoint is not None and ckpt_every and step % ckpt_every == 0 and step < steps:
+            on_checkpoint(E, training_state())
+            saved_step = step
     bar.close()
-    hist.update(steps=step, seconds=time.time() - t0, cpu_seconds=time.process_time() - cpu0,
-                n_train_pieces=len(sampler.pieces))
+    hist.update(steps=step, seconds=elapsed, cpu_seconds=time.process_time() - cpu0,
+                n_train_pieces=len(sampler.pieces), cut_short=cap.cut_short("embedder", step, steps),
+                training_state=training_state())
     return E.eval(), hist
 
 
@@ -271,8 +306,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--preset", default="small", choices=sorted(PRESETS),
                    help="named size: tiny (tests, <1 min), small (default, ~15 min on 2 CPU cores), "
                         "paper (12 layers, 6 heads)")
-    t.add_argument("--minutes", type=arg_type(float, ge=0), help="wall-clock training budget (default: the preset's)")
-    t.add_argument("--steps", type=arg_type(int, ge=1), help="maximum optimiser steps (default: the preset's)")
+    t.add_argument("--minutes", type=arg_type(float, ge=0),
+                   help="safety cap on training minutes; a run it stops is recorded as cut_short (default: the "
+                        "preset's; 0 = none)")
+    t.add_argument("--steps", type=arg_type(int, ge=1), help="optimiser steps to train (default: the preset's)")
+    t.add_argument("--ckpt-every", type=arg_type(int, ge=1), default=100, help="checkpoint every N steps (for --resume)")
+    t.add_argument("--resume", action="store_true", help="continue the unfinished run in --out from its checkpoint")
+    t.add_argument("--device", default="cpu", help="torch device (cpu, cuda, ...)")
     t.add_argument("--batch-size", type=arg_type(int, ge=2), help="pieces per batch (2 views each)")
     t.add_argument("--lr", type=arg_type(float, gt=0), help="peak AdamW learning rate")
     t.add_argument("--tau", type=arg_type(float, gt=0), default=0.1, help="InfoNCE temperature")
@@ -301,6 +341,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     e.add_argument("--eval-pieces", type=arg_type(int, ge=2), default=100)
     e.add_argument("--threads", type=arg_type(int, ge=0), default=2)
     e.add_argument("--seed", type=arg_type(int, ge=0), default=0)
+    e.add_argument("--device", default="cpu", help="torch device (cpu, cuda, ...)")
 
 
 def evaluate(E: DiversityEmbedder, pieces: list[np.ndarray], n_pieces: int, seed: int = 0) -> dict:
@@ -320,13 +361,34 @@ def _print_eval(res: dict) -> None:
           ", ".join(f"{k} {v:.3f}" for k, v in res["invariance"].items()))
 
 
+def _resume_state(out: Path, resume: bool, cfg: EmbedderConfig) -> tuple[dict, dict] | None:
+    """(weights, training state) of the unfinished run in ``out`` when ``--resume`` finds one."""
+    from divcfg.checkpoint import MODEL_FILE, STATE_FILE, load_checkpoint, load_training_state
+    if not resume:
+        return None
+    if not ((out / MODEL_FILE).exists() and (out / STATE_FILE).exists()):
+        print(f"no checkpoint in '{out}' yet: starting from scratch")
+        return None
+    weights, stored = load_checkpoint(out, kind="diversity_embedder")
+    if stored.get("embedder") != asdict(cfg):
+        raise UserError(f"--resume with a different embedder configuration than the run in '{out}': pass the same "
+                        f"--preset and size flags, or start a new run with another --out")
+    return weights, load_training_state(out)
+
+
+def _metric_rows(hist: dict) -> list[dict]:
+    return [{"step": i + 1, "train/loss": l, "train/pair_acc": a} for i, (l, a) in enumerate(zip(hist["loss"], hist["acc"]))]
+
+
 def run(args: argparse.Namespace) -> None:
     from divcfg.provenance import provenance, seed_everything, write_json_atomic
+    from divcfg.stages import clear_finished, mark_finished, write_jsonl_atomic
     torch.set_num_threads(args.threads)
     seed_everything(args.seed)
     data_dir = Path(args.data_dir)
     if args.action == "eval":
-        E = load_diversity_embedder(args.checkpoint)
+        from divcfg.pretrain import resolve_device
+        E = load_diversity_embedder(args.checkpoint, device=str(resolve_device(args.device)))
         pieces, _ = load_piece_notes(data_dir, args.split)
         res = evaluate(E, pieces, args.eval_pieces, args.seed)
         _print_eval(res)
@@ -337,25 +399,44 @@ def run(args: argparse.Namespace) -> None:
                          canonical_key=not args.no_canonical_key)
     augment = None if args.no_augment else pr.Augment(args.max_transpose, args.max_stretch, args.p_drop,
                                                         args.p_insert, args.jitter_steps)
+    out = Path(args.out)
+    steps = args.steps or preset["steps"]
+    resume_from = _resume_state(out, args.resume, cfg)
+    clear_finished(out)
     t_load = time.time()
     train, train_meta = load_piece_notes(data_dir, "train", args.max_train_pieces, args.seed)
     test, _ = load_piece_notes(data_dir, "test")
     t_load = time.time() - t_load
-    E, hist = train_embedder(train, cfg, augment=augment, steps=args.steps or preset["steps"],
+    tok_path = data_dir / "tokenizer.json"
+    tok_path = tok_path if tok_path.exists() else None
+    base_info = {"preset": args.preset, "augment": asdict(augment) if augment else None, "tau": args.tau,
+                 "threads": args.threads, "device": args.device, "steps_planned": steps}
+
+    def on_checkpoint(E_now: DiversityEmbedder, state: dict) -> None:
+        save_diversity_embedder(out, E_now, tokenizer_path=tok_path, training_state=state,
+                                extra={"data_dir": str(data_dir), "training": {**base_info, "steps": state["step"]},
+                                       "finished": False, "provenance": provenance(args.seed, data_dir=str(data_dir))})
+        write_jsonl_atomic(out / "metrics.jsonl", _metric_rows(state))
+
+    E, hist = train_embedder(train, cfg, augment=augment, steps=steps,
                              minutes=args.minutes if args.minutes is not None else preset["minutes"],
                              batch_size=args.batch_size or preset["batch_size"], lr=args.lr or preset["lr"],
-                             tau=args.tau, seed=args.seed, bar_beats=[p["bar_beats"] for p in train_meta])
+                             tau=args.tau, seed=args.seed, bar_beats=[p["bar_beats"] for p in train_meta],
+                             device=args.device, resume_from=resume_from, ckpt_every=args.ckpt_every,
+                             on_checkpoint=on_checkpoint, out=str(out))
     res = evaluate(E, test, args.eval_pieces, args.seed)
-    train_info = {"preset": args.preset, "augment": asdict(augment) if augment else None, "tau": args.tau,
-                  "steps": hist["steps"], "train_seconds": round(hist["seconds"], 1),
-                  "train_cpu_seconds": round(hist["cpu_seconds"], 1), "threads": args.threads,
+    train_info = {**base_info, "steps": hist["steps"], "train_seconds": round(hist["seconds"], 1),
+                  "train_cpu_seconds": round(hist["cpu_seconds"], 1), "cut_short": hist["cut_short"],
                   "decode_seconds": round(t_load, 1), "n_train_pieces": hist["n_train_pieces"],
                   "final_loss": float(np.mean(hist["loss"][-20:])), "final_pair_acc": float(np.mean(hist["acc"][-20:]))}
-    tok_path = data_dir / "tokenizer.json"
-    save_diversity_embedder(args.out, E, tokenizer_path=tok_path if tok_path.exists() else None,
-                            extra={"data_dir": str(data_dir), "training": train_info, "eval": res,
+    save_diversity_embedder(out, E, tokenizer_path=tok_path, training_state=hist["training_state"],
+                            extra={"data_dir": str(data_dir), "training": train_info, "eval": res, "finished": True,
+                                   "cut_short": hist["cut_short"],
                                    "provenance": provenance(args.seed, data_dir=str(data_dir))})
-    write_json_atomic(Path(args.out) / "eval.json", {"training": train_info, **res})
+    write_jsonl_atomic(out / "metrics.jsonl", _metric_rows(hist))
+    write_json_atomic(out / "eval.json", {"training": train_info, **res})
+    mark_finished(out, "embedder", hist["steps"], steps, hist["cut_short"], seed=args.seed,
+                  elapsed_s=hist["seconds"], eval={"top1": res["retrieval"]["top1"]})
     print(f"trained {hist['steps']} steps in {hist['seconds']:.0f} s on {hist['n_train_pieces']} pieces "
           f"(final loss {train_info['final_loss']:.3f}); wrote {args.out}")
     _print_eval(res)
