@@ -18,6 +18,12 @@ parents' stage records.
 
 ``iter_merges(A, B, lams)`` evaluates a λ sweep in memory: it loads A and B once and yields one
 model per λ without writing files.
+
+Hugging Face models (``hf:PATH``, both sides): the same LERP over every tensor of the two
+``save_pretrained`` folders (same ``config.json`` architecture and the same tokenizer vocabulary, else a
+one-line error); the result is written with ``save_pretrained`` (+ tokenizer), loadable by plain
+transformers, with the merge record in ``divcfg.json``. ``iter_merged_generators`` yields generator
+plug-ins (``divcfg.models.base``) for either kind; ``divcfg evaluate`` uses it.
 """
 
 from __future__ import annotations
@@ -198,14 +204,80 @@ def iter_merges(path_a: str | os.PathLike, path_b: str | os.PathLike, lams: Sequ
         yield lam, model, config
 
 
+# ---------------------------------------------------------------------------------------------
+# any generator plug-in (built-in checkpoints and Hugging Face folders)
+
+
+def _check_plugins(A, B) -> None:
+    if A.kind != B.kind:
+        raise UserError(f"cannot merge a {A.kind} model with a {B.kind} model: pass two folders of one kind "
+                        f"(both hf:PATH, or both divcfg checkpoints)")
+    a, b = A.architecture(), B.architecture()
+    if a != b:
+        k = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))[0]
+        raise UserError(f"cannot merge '{A.path}' and '{B.path}': different architectures ({k}={a.get(k)} vs "
+                        f"{b.get(k)}); both must be fine-tuned from the same base")
+    if A.vocabulary() != B.vocabulary():
+        raise UserError(f"cannot merge '{A.path}' and '{B.path}': their tokenizers differ; both must use the "
+                        f"base model's vocabulary")
+
+
+def _hf_merge_record(A, B, lam: float) -> dict:
+    def h(p: Path):
+        return file_hash(p / "model.safetensors") if (p / "model.safetensors").exists() else None
+    return {"merge": {"a": str(A.path), "b": str(B.path), "lam": float(lam), "a_hash": h(A.path),
+                      "b_hash": h(B.path), "formula": "(1-lam)*A + lam*B"},
+            "parents": {"a": {k: v for k, v in A.record.items() if k not in ("_dir", "parents")},
+                        "b": {k: v for k, v in B.record.items() if k not in ("_dir", "parents")}},
+            "provenance": provenance(None, stage="merge")}
+
+
+def merge_any(spec_a: str, spec_b: str, lam: float, out: str | os.PathLike) -> Path:
+    """``divcfg merge``: built-in checkpoints via :func:`merge_checkpoints`; ``hf:`` folders by the
+    same LERP, saved with ``save_pretrained``."""
+    from divcfg.models.base import is_hf_spec, load_generator_any
+    if not (is_hf_spec(spec_a) or is_hf_spec(spec_b)):
+        return merge_checkpoints(spec_a, spec_b, lam, out)
+    lam = _check_lam(lam)
+    A, B = load_generator_any(spec_a), load_generator_any(spec_b)
+    _check_plugins(A, B)
+    out = Path(out)
+    if out.resolve() in (A.path.resolve(), B.path.resolve()):
+        raise UserError(f"--out '{out}' would overwrite an input checkpoint: choose another folder")
+    A.load_weights(lerp_state_dicts(A.weights(), B.weights(), lam))
+    return A.save(out, _hf_merge_record(A, B, lam))
+
+
+def iter_merged_generators(spec_a: str, spec_b: str, lams: Sequence[float], device: str = "cpu",
+                           null_prompt: str | None = None) -> Iterator[tuple[float, object]]:
+    """``(λ, generator plug-in)`` per λ, in memory (one module reused: use it before advancing)."""
+    from divcfg.models.base import is_hf_spec, load_generator_any
+    if not (is_hf_spec(spec_a) or is_hf_spec(spec_b)):
+        from divcfg.models.builtin import BuiltinGenerator
+        for lam, model, config in iter_merges(spec_a, spec_b, lams):
+            yield lam, BuiltinGenerator(model.to(device), Path(config["_dir"]), config)
+        return
+    lams = [_check_lam(x) for x in lams]
+    A = load_generator_any(spec_a, device, null_prompt=null_prompt)
+    B = load_generator_any(spec_b, "cpu", null_prompt=null_prompt)
+    _check_plugins(A, B)
+    wa, wb = {k: v.cpu().clone() for k, v in A.weights().items()}, B.weights()
+    record_a = dict(A.record)
+    for lam in lams:
+        A.load_weights(lerp_state_dicts(wa, wb, lam))
+        A.record = record_a
+        A.record = {**record_a, **_hf_merge_record(A, B, lam)}
+        yield lam, A
+
+
 def add_arguments(parser) -> None:
-    parser.add_argument("a", help="checkpoint A (λ=0), e.g. the distilled β=0 run")
-    parser.add_argument("b", help="checkpoint B (λ=1), e.g. the diversity β=15 run")
+    parser.add_argument("a", help="checkpoint A (λ=0), e.g. the distilled β=0 run (hf:PATH for a transformers folder)")
+    parser.add_argument("b", help="checkpoint B (λ=1), e.g. the diversity β=15 run (hf:PATH for a transformers folder)")
     from divcfg.config import arg_type
     parser.add_argument("--lam", type=arg_type(float, ge=0, le=1), required=True, help="weight of B: (1-lam)*A + lam*B, in [0, 1]")
     parser.add_argument("--out", required=True, help="folder for the merged checkpoint")
 
 
 def run(args) -> None:
-    out = merge_checkpoints(args.a, args.b, args.lam, args.out)
+    out = merge_any(args.a, args.b, args.lam, args.out)
     print(f"wrote (1-{args.lam:g})·A + {args.lam:g}·B -> {out}")

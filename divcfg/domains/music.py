@@ -1,0 +1,208 @@
+"""The music domain: the embedded music21 testbed (``divcfg/music/``) behind the domain protocol.
+
+- Prompts: captions of a data set built by ``divcfg data`` (``--data-dir``); training draws a random
+  caption variant of a random training piece, evaluation the canonical caption of val/test pieces.
+- Condition: the built-in generator's MiniLM caption embedding (``divcfg.prompts``).
+- Judges: the diversity embedder E (``--embedder`` checkpoint: ``1 − cos`` of piano-roll ViT embeddings)
+  and the text–music alignment scorer (``--scorer``, the MuLan-score analogue), or the user's
+  ``module:function`` judges (completions are REMI token-id lists).
+- Reward gates: ``empty`` (E could embed it: decodes, has notes) and ``meter`` (also the bars keep
+  the meter the prompt asks for, ``metrics.bars_consistent``).
+- Quick figures: the in-key rate (music21-style key estimate vs the key the caption names).
+- Output: MIDI (and WAV where a soundfont is installed).
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from divcfg.domains.base import Judges, user_or_default_judges
+from divcfg.errors import UserError
+from divcfg.prompts import Prompts, check_data_dir, embed_texts, load_prompts
+
+
+class TrainPrompts:
+    """Training captions (every variant of every training piece), drawn at random per step."""
+
+    def __init__(self, data_dir: Path):
+        from divcfg.music.corpus import load_split
+        pieces = [p for p in load_split(data_dir, "train") if p.get("captions")]
+        self.captions = [p["captions"] for p in pieces]
+        self.meters = [p.get("meta", {}).get("meter") for p in pieces]
+        if not self.captions:
+            raise UserError(f"data set '{data_dir}' has no training captions: rebuild it with `divcfg data --force`")
+
+    def draw(self, n: int, rng: random.Random) -> tuple[list[str], list[str | None]]:
+        """``n`` captions (a random variant of a random piece) and the meter each caption's piece is
+        in (the meter the caption asks for)."""
+        idx, texts = [], []
+        for _ in range(n):  # piece, then variant: the random stream of the runs reported in the README
+            idx.append(rng.randrange(len(self.captions)))
+            texts.append(rng.choice(self.captions[idx[-1]]))
+        return texts, [self.meters[i] for i in idx]
+
+
+def reward_valid(embed_valid: torch.Tensor, seqs: list[list[int]], meters: list[str | None], gate: str,
+                 tokenizer) -> torch.Tensor:
+    """Which generations may earn diversity reward. ``empty``: those E could embed (decodes, has
+    notes) — the paper's reward with degenerate output earning nothing. ``meter``: additionally,
+    the bars keep the meter the prompt asks for (``metrics.bars_consistent``, token_validity's
+    ``meter_ok``): E is key-blind by construction because the prompt fixes the key; it cannot be
+    made meter-blind, so the reward instead refuses to pay for diversity bought by ignoring the
+    prompt's meter."""
+    if gate == "empty":
+        return embed_valid
+    from divcfg.music.metrics import bars_consistent
+    ok = torch.tensor([bars_consistent(tokenizer, ids, m) for ids, m in zip(seqs, meters)])
+    return embed_valid & ok.to(embed_valid.device)
+
+
+def key_pitch_class(key: str | None) -> tuple[int, str] | None:
+    """``"F# minor"`` -> ``(6, "minor")``; None for missing or unparsable keys."""
+    from divcfg.music.captions import FLAT_NAMES, SHARP_NAMES
+    parts = (key or "").split()
+    if len(parts) != 2 or parts[1] not in ("major", "minor"):
+        return None
+    name = parts[0].replace("-", "b")
+    for names in (SHARP_NAMES, FLAT_NAMES):
+        if name in names:
+            return names.index(name), parts[1]
+    return None
+
+
+def in_key_rate(tokenizer, seqs: list[list[int]], requested: list[str | None]) -> float:
+    """Fraction of generations whose Krumhansl-Schmuckler key estimate (``captions.estimate_key``)
+    is the requested key (same tonic pitch class and mode), over prompts that name a key; an
+    empty or undecodable generation counts as a miss. NaN when no prompt names a key."""
+    from divcfg.music.captions import estimate_key
+    from divcfg.music.pianoroll import score_notes
+    from divcfg.music.tokenizer import tokens_to_score
+    hits, n = 0, 0
+    for ids, key in zip(seqs, requested):
+        want = key_pitch_class(key)
+        if want is None:
+            continue
+        n += 1
+        notes = score_notes(tokens_to_score(tokenizer, ids))
+        got = estimate_key([(o, p, d) for o, d, p in notes.tolist()]) if len(notes) else None
+        hits += int(key_pitch_class(got) == want)
+    return hits / n if n else float("nan")
+
+
+class MusicDomain:
+    name = "music"
+    reward_gates = ("empty", "meter")
+
+    def __init__(self, data_dir: str | Path):
+        self.data_dir = check_data_dir(data_dir)
+        self._tokenizer = None
+        self._tokenizer_file: Path | None = None
+
+    # ---------------------------------------------------------------- prompts and conditions
+
+    def train_pool(self) -> TrainPrompts:
+        return TrainPrompts(self.data_dir)
+
+    def _check_generator(self, generator) -> None:
+        if generator is not None and getattr(generator, "kind", "builtin") != "builtin":
+            raise UserError("the music testbed conditions the built-in generator only: pass a divcfg "
+                            "checkpoint as --base, or --prompts FILE for a Hugging Face text model")
+
+    def condition(self, generator, texts: Sequence[str]) -> torch.Tensor:
+        self._check_generator(generator)
+        return embed_texts(list(texts))
+
+    def prompts(self, split: str, generator=None, limit: int | None = None, seed: int = 0) -> Prompts:
+        self._check_generator(generator)
+        return load_prompts(self.data_dir, split, limit=limit, seed=seed)
+
+    # ---------------------------------------------------------------- judges
+
+    def tokenizer(self, generator=None):
+        """The REMI tokenizer of the generator's checkpoint (else the data set's)."""
+        tok_file = getattr(generator, "tokenizer_file", None) or self.data_dir / "tokenizer.json"
+        if self._tokenizer is None or tok_file != self._tokenizer_file:
+            from divcfg.music.tokenizer import load_tokenizer
+            self._tokenizer, self._tokenizer_file = load_tokenizer(tok_file), tok_file
+        return self._tokenizer
+
+    def judges(self, *, embedder: str = "", scorer: str = "", diversity_judge: str = "", quality_judge: str = "",
+               device: str = "cpu", need: tuple[str, ...] = ("diversity", "quality"), generator=None,
+               required: bool = False) -> Judges:
+        """E from ``embedder`` and the scorer from ``scorer`` (None where the path is empty, an error when
+        ``required``), or the user's judges. The checkpoints' judges run on the CPU."""
+        if required and (not (embedder or diversity_judge) or not (scorer or quality_judge)):
+            raise UserError("--embedder and --scorer are required: train them with `divcfg embedder train` "
+                            "and `divcfg scorer train` (or pass --diversity-judge/--quality-judge module:function)")
+        def default_e():
+            if not embedder:
+                return None
+            from divcfg.embedders.diversity import load_diversity_embedder
+            return load_diversity_embedder(embedder)
+
+        def default_q():
+            if not scorer:
+                return None
+            from divcfg.embedders.alignment import load_alignment_scorer
+            return load_alignment_scorer(scorer)
+
+        judges = user_or_default_judges(diversity_judge, quality_judge, default_e, default_q, need)
+        if generator is not None:
+            from divcfg.domains.music_eval import check_vocabularies
+            check_vocabularies(self, judges, generator)
+        return judges
+
+    def reward_valid(self, gate: str, completions: list, infos: list, embedded: torch.Tensor,
+                     generator=None) -> torch.Tensor:
+        if gate not in self.reward_gates:
+            raise UserError(f"--reward-gate must be one of {', '.join(self.reward_gates)}")
+        tok = self.tokenizer(generator) if gate != "empty" else None
+        return reward_valid(embedded, completions, infos, gate, tok)
+
+    def quick_figures(self, completions: list, prompts, G: int, generator=None) -> dict[str, float]:
+        keys = [m.get("key") for m in prompts.meta for _ in range(G)]
+        return {"in_key_rate": in_key_rate(self.tokenizer(generator), completions, keys)}
+
+    # ---------------------------------------------------------------- evaluation and output
+
+    eval_figures = ("pitch_class_distance", "onset_distance", "interval_ngram_distance", "distinct_ngram_ratio")
+    eval_extra_columns = ("musical_distance",)
+
+    def judge(self, prompts, completions: list, rows: dict, G: int, judges: Judges, generator=None) -> dict:
+        from divcfg.domains.music_eval import judge_music
+        return judge_music(self, prompts, completions, G, judges, generator)
+
+    def summary_extras(self, judged: dict, reference: dict) -> dict:
+        from divcfg.domains.music_eval import summary_extras
+        return summary_extras(judged, reference)
+
+    def reference(self, prompts, judges: Judges, split: str = "test", max_pieces: int = 256, seed: int = 0) -> dict:
+        from divcfg.domains.music_eval import corpus_figures
+        return corpus_figures(self.data_dir, split, prompts, judges, max_pieces, seed)
+
+    def write(self, out: Path, rows: list[dict], generator) -> list[str]:
+        from divcfg.music.render import write_midi, write_wav
+        from divcfg.music.tokenizer import tokens_to_score
+        from divcfg.sample import slug
+        tok = self.tokenizer(generator)
+        files, wav_ok = [], None
+        for r in rows:
+            stem = out / f"{slug(r['prompt'])}_{r['index']}"
+            score = tokens_to_score(tok, r["tokens"])
+            r["n_notes"] = 0 if score is None else sum(len(t.notes) for t in score.tracks)
+            if score is None or r["n_notes"] == 0:
+                print(f"warning: {stem.name} has no notes (undecodable or empty); no files written for it")
+                continue
+            write_midi(score, stem.with_suffix(".mid"))
+            r["midi"] = r["file"] = str(stem.with_suffix(".mid"))
+            files.append(r["midi"])
+            if wav_ok is not False:
+                wav_ok = write_wav(score, stem.with_suffix(".wav"))
+                if wav_ok:
+                    r["wav"] = str(stem.with_suffix(".wav"))
+                    files.append(r["wav"])
+        return files
