@@ -25,11 +25,13 @@ dropping rows whose ``step`` exceeds the checkpoint's.
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import sys
 from pathlib import Path
 
+from divcfg.errors import UserError
 from divcfg.provenance import provenance, write_json_atomic
 
 MARKER_FILE = "DONE.json"
@@ -140,3 +142,33 @@ def python_rng_state(rng: random.Random) -> list:
 def set_python_rng_state(rng: random.Random, state) -> None:
     version, internal, gauss = state
     rng.setstate((version, tuple(internal), gauss))
+
+
+# --------------------------------------------------------------------------- judge trainers
+
+def write_jsonl_atomic(path: str | os.PathLike, rows: list[dict]) -> None:
+    """Write ``rows`` as JSON lines, atomically (the judge trainers rewrite their log at each
+    checkpoint from the history kept in the training state, so it never holds a duplicate)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in rows))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def cosine_lr(lr: float, step: int, steps: int, warmup: int = 50, floor: float = 0.05) -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine from ``lr`` to ``floor·lr`` over
+    ``step / steps``: a function of the step only (the judges' schedule)."""
+    warm = min(1.0, (step + 1) / warmup)
+    frac = min(step / max(steps, 1), 1.0)
+    return lr * warm * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
+def non_finite_error(stage: str, loss: float, step: int, out, saved_step: int | None) -> UserError:
+    """The NaN guard's one-line error, naming the last good checkpoint that is kept."""
+    kept = (f"the last good checkpoint (step {saved_step}) is kept in '{out}'" if saved_step is not None
+            else "no checkpoint was written yet")
+    return UserError(f"{stage}: non-finite loss ({loss:.4g}) at step {step}: {kept}; lower --lr and rerun "
+                     f"(with --resume to continue)")

@@ -183,14 +183,15 @@ class AlignmentScorer(nn.Module):
 # checkpoints
 
 
-def save_alignment_scorer(path, scorer: AlignmentScorer, *, tokenizer_path=None, extra: dict | None = None) -> Path:
+def save_alignment_scorer(path, scorer: AlignmentScorer, *, tokenizer_path=None, extra: dict | None = None,
+                          training_state: dict | None = None) -> Path:
     import json
     from divcfg.checkpoint import save_checkpoint
     from divcfg.embedders.diversity import TOKENIZER_FILE
     config = {"kind": KIND, "scorer": asdict(scorer.cfg), **(extra or {})}
     if tokenizer_path is not None:
         config["tokenizer"] = json.loads(Path(tokenizer_path).read_text())
-    path = save_checkpoint(path, scorer.state_dict(), config)
+    path = save_checkpoint(path, scorer.state_dict(), config, training_state)
     if tokenizer_path is not None:
         (Path(path) / TOKENIZER_FILE).write_text(Path(tokenizer_path).read_text())
     return path
