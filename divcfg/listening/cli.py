@@ -88,7 +88,7 @@ def _flags(design: dict, systems: list[str]) -> str:
 
 def _require_study(run: Path) -> Path:
     out = study_dir_of(run)
-    if not (out / "study.json").is_file() or not (out / "answers.sqlite").is_file():
+    if not (out / "study.json").is_file():
         raise UserError(f"no listening study in '{out}': start one with `divcfg listen {run}`")
     return out
 
