@@ -1,12 +1,19 @@
-"""Inference speed of the generator: plain sampling, CFG batched (2B), CFG two-pass, and
-sampling without the KV cache, all with the same model, batch and length, measured side by
-side in one run. Prints tokens/s for each and the ratios.
+"""Inference speed of the generator against its peers, side by side in one process: divcfg's
+sampler (plain, CFG batched 2B, CFG two-pass), the sampler as it was before the speed work
+(``benchmarks/reference_sampler.py``, CPU only) and Hugging Face ``generate`` on a GPT-2 of the
+same size built in code (plain, and CFG through ``guidance_scale`` with a negative prompt, which
+transformers runs as a second, unbatched pass), all with the same batch, length, precision and
+threads. Prints tokens/s (wall clock, best of --repeats) and tokens per CPU-second (robust on a
+busy machine), then the ratios: divcfg / generate, plain / CFG, after / before.
 
-    python benchmarks/inference.py [--checkpoint runs/small/base] [--batch 32] [--length 256]
+    python benchmarks/inference.py --threads 1 --batch 32 --length 128          # the CPU figures
+    python benchmarks/inference.py --device cuda --model large --batch 64        # on a GPU
 
-Without --checkpoint a randomly initialised model of the `small` pretrain architecture is used
-(speed does not depend on the weights). EOS is suppressed so every run generates exactly
---length tokens per row.
+``--model small`` is the `small` pretrain architecture (3.8M parameters), ``--model large`` a
+12-layer d=768 one (GPT-2-small sized); ``--checkpoint`` times a trained generator instead.
+Weights are random (speed does not depend on them; nothing is downloaded). EOS is suppressed
+(``min_new_tokens``) so every run generates exactly --length tokens per row. The configurations
+are interleaved across repeats so a change in machine load hits all of them alike.
 """
 
 from __future__ import annotations
@@ -18,73 +25,157 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT.parent))
+sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
 from divcfg.models.generator import load_generator  # noqa: E402
 from divcfg.models.transformer import ModelConfig, MusicTransformer  # noqa: E402
-from divcfg.pretrain import PretrainConfig, bf16_supported  # noqa: E402
-from divcfg.sampling import sample  # noqa: E402
+from divcfg.sampling import bf16_supported, sample  # noqa: E402
+
+ARCHITECTURES = {  # name: (layers, heads, width, prefix, max_len)
+    "small": (4, 4, 256, 4, 640),
+    "large": (12, 12, 768, 4, 640),
+}
+
+
+def build_model(args, device: torch.device) -> tuple[MusicTransformer, str]:
+    if args.checkpoint:
+        model, _ = load_generator(args.checkpoint, device=str(device))
+        return model, args.checkpoint
+    n_layer, n_head, d, P, max_len = ARCHITECTURES[args.model]
+    torch.manual_seed(0)
+    model = MusicTransformer(ModelConfig(vocab_size=300, n_layer=n_layer, n_head=n_head, d_model=d, n_prefix=P,
+                                         max_len=max_len, dropout=0.0))
+    return model.to(device).eval(), f"random init, '{args.model}' architecture"
+
+
+def build_peer(model: MusicTransformer, device: torch.device):
+    """A GPT-2 with the generator's vocabulary, depth, width, heads and positions (random weights)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+    c = model.cfg
+    cfg = GPT2Config(vocab_size=c.vocab_size, n_positions=c.n_prefix + c.max_len, n_embd=c.d_model,
+                     n_layer=c.n_layer, n_head=c.n_head, n_inner=4 * c.d_model, bos_token_id=c.bos_id,
+                     eos_token_id=c.eos_id, pad_token_id=c.pad_id, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    torch.manual_seed(0)
+    return GPT2LMHeadModel(cfg).to(device).eval()
+
+
+def runners(args, model, device, bf16: bool) -> dict:
+    """name -> zero-argument function that generates ``batch × length`` tokens."""
+    B, L, g = args.batch, args.length, args.gamma
+    torch.manual_seed(0)
+    cond = torch.nn.functional.normalize(torch.randn(B, model.cfg.cond_dim), dim=-1).to(device)
+    gen = lambda: torch.Generator(device=device).manual_seed(0)  # noqa: E731
+
+    def divcfg(sampler=sample, length=L, **kw):
+        return lambda: sampler(model, cond, max_new_tokens=length, min_new_tokens=length, autocast=bf16,
+                               generator=gen(), **kw)
+
+    out = {"divcfg plain": divcfg(gamma=1.0),
+           "divcfg CFG batched 2B": divcfg(gamma=g, cfg_mode="batched"),
+           "divcfg CFG two-pass": divcfg(gamma=g, cfg_mode="two_pass")}
+    if args.reference and device.type == "cpu" and not args.checkpoint:
+        from reference_sampler import reference_sample
+        out.update({"before: plain": divcfg(reference_sample, gamma=1.0),
+                    "before: CFG batched 2B": divcfg(reference_sample, gamma=g, cfg_mode="batched"),
+                    "before: CFG two-pass": divcfg(reference_sample, gamma=g, cfg_mode="two_pass")})
+    if args.peer:
+        peer = build_peer(model, device)
+        c = model.cfg
+        prompt = torch.randint(3, c.vocab_size, (B, c.n_prefix + 1), device=device)
+        prompt[:, -1] = c.bos_id
+        negative = torch.randint(3, c.vocab_size, (B, c.n_prefix + 1), device=device)
+        negative[:, -1] = c.bos_id
+
+        def hf(**kw):
+            def run():
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                    return peer.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=True, top_k=0,
+                                         top_p=1.0, temperature=1.0, max_new_tokens=L, min_new_tokens=L,
+                                         pad_token_id=c.pad_id, eos_token_id=c.eos_id, **kw)
+            return run
+        out["HF generate plain"] = hf()
+        out["HF generate CFG (guidance_scale)"] = hf(guidance_scale=g, negative_prompt_ids=negative)
+    if args.no_cache_length:
+        out[f"divcfg plain, no KV cache (length {args.no_cache_length})"] = divcfg(
+            gamma=1.0, use_cache=False, length=args.no_cache_length)
+    return out
+
+
+def measure(fns: dict, repeats: int, device: torch.device) -> dict[str, tuple[float, float]]:
+    """name -> (best wall seconds, best CPU seconds), the configurations interleaved per repeat."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for fn in fns.values():  # warm-up (allocator, autocast weight cache, lazy imports, cuBLAS)
+        fn()
+    best = {k: (float("inf"), float("inf")) for k in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            sync()
+            w0, c0 = time.perf_counter(), time.process_time()
+            fn()
+            sync()
+            w, c = time.perf_counter() - w0, time.process_time() - c0
+            best[name] = (min(best[name][0], w), min(best[name][1], c))
+    return best
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--checkpoint", default=None)
+    ap.add_argument("--checkpoint", default=None, help="a trained generator instead of a random one")
+    ap.add_argument("--model", choices=sorted(ARCHITECTURES), default="small")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--length", type=int, default=256)
+    ap.add_argument("--length", type=int, default=128)
     ap.add_argument("--gamma", type=float, default=2.0)
-    ap.add_argument("--repeats", type=int, default=2, help="best of N runs per configuration")
-    ap.add_argument("--no-cache-length", type=int, default=None,
-                    help="length for the no-KV-cache run (default: same as --length)")
+    ap.add_argument("--repeats", type=int, default=3, help="best of N runs per configuration")
+    ap.add_argument("--no-cache-length", type=int, default=0,
+                    help="also time sampling without the KV cache at this length (0: skip)")
+    ap.add_argument("--reference", action=argparse.BooleanOptionalAction, default=True,
+                    help="also time the sampler as it was before the speed work (CPU, built-in model)")
+    ap.add_argument("--peer", action=argparse.BooleanOptionalAction, default=True,
+                    help="also time Hugging Face generate on a same-size GPT-2")
     ap.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
-                    help="bf16 autocast (default: on where the CPU supports it)")
+                    help="bf16 autocast (default: on where the device supports it)")
     ap.add_argument("--threads", type=int, default=0,
                     help="torch threads (0 = torch's default; use 1 on a machine shared with other jobs)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        sys.exit("error: --device cuda but no CUDA device is visible; use --device cpu")
+    model, source = build_model(args, device)
+    bf16 = bf16_supported(device.type) if args.bf16 is None else args.bf16
+    hw = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
+    print(f"model: {model.num_parameters() / 1e6:.2f}M parameters ({source}); batch {args.batch}, length "
+          f"{args.length}, γ={args.gamma}, bf16={bf16}, device {device.type} ({hw}), threads={torch.get_num_threads()}, "
+          f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}, best of {args.repeats}")
+    fns = runners(args, model, device, bf16)
+    best = measure(fns, args.repeats, device)
+    tokens = {k: args.batch * (args.no_cache_length if "no KV cache" in k else args.length) for k in fns}
+    wall = {k: tokens[k] / best[k][0] for k in fns}
+    cpu = {k: tokens[k] / best[k][1] for k in fns}
+    base = "divcfg plain"
+    print(f"\n{'configuration':<44} {'tokens/s':>10} {'tok/CPU-s':>10} {'vs plain':>9}")
+    for k in fns:
+        print(f"{k:<44} {wall[k]:>10.0f} {cpu[k]:>10.0f} {wall[k] / wall[base]:>8.2f}x")
 
-    if args.checkpoint:
-        model, _ = load_generator(args.checkpoint)
-        source = args.checkpoint
-    else:
-        p = PretrainConfig()
-        model = MusicTransformer(ModelConfig(vocab_size=300, n_layer=p.n_layer, n_head=p.n_head,
-                                             d_model=p.d_model, n_prefix=p.n_prefix, max_len=p.max_len)).eval()
-        source = "random init, small-preset architecture"
-    bf16 = bf16_supported() if args.bf16 is None else args.bf16
-    torch.manual_seed(0)
-    cond = torch.nn.functional.normalize(torch.randn(args.batch, 384), dim=-1)
-
-    def run(**kw) -> float:
-        L = kw.pop("length", args.length)
-        best = float("inf")
-        for r in range(args.repeats):
-            t0 = time.perf_counter()
-            out = sample(model, cond, max_new_tokens=L, min_new_tokens=L, autocast=bf16,
-                         generator=torch.Generator().manual_seed(r), **kw)
-            best = min(best, time.perf_counter() - t0)
-            assert out.tokens.shape[1] == L
-        return args.batch * L / best
-
-    print(f"model: {model.num_parameters() / 1e6:.2f}M parameters ({source}); batch {args.batch}, "
-          f"length {args.length}, γ={args.gamma}, bf16={bf16}, threads={torch.get_num_threads()}, "
-          f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores")
-    nc_len = args.no_cache_length or args.length
-    figures = {
-        "plain (KV cache)": run(gamma=1.0),
-        "CFG batched 2B (KV cache)": run(gamma=args.gamma, cfg_mode="batched"),
-        "CFG two-pass (KV cache)": run(gamma=args.gamma, cfg_mode="two_pass"),
-        f"plain, no KV cache (length {nc_len})": run(gamma=1.0, use_cache=False, length=nc_len),
-    }
-    base = figures["plain (KV cache)"]
-    print(f"{'configuration':<40} {'tokens/s':>10} {'vs plain':>9}")
-    for name, tps in figures.items():
-        print(f"{name:<40} {tps:>10.0f} {tps / base:>8.2f}x")
-    b, t = figures["CFG batched 2B (KV cache)"], figures["CFG two-pass (KV cache)"]
-    print(f"plain / CFG batched = {base / b:.2f}x (the inference cost CFG distillation removes); "
-          f"CFG batched / two-pass = {b / t:.2f}x; KV cache speed-up = {base / figures[list(figures)[-1]]:.2f}x")
+    def ratio(label: str, a: str, b: str) -> None:
+        if a in fns and b in fns:
+            print(f"{label:<52} {wall[a] / wall[b]:>6.2f}x wall {cpu[a] / cpu[b]:>6.2f}x CPU")
+    print()
+    ratio("divcfg plain / HF generate plain", "divcfg plain", "HF generate plain")
+    ratio("divcfg CFG batched / HF generate CFG", "divcfg CFG batched 2B", "HF generate CFG (guidance_scale)")
+    ratio("divcfg CFG two-pass / HF generate CFG", "divcfg CFG two-pass", "HF generate CFG (guidance_scale)")
+    ratio("plain / CFG batched, divcfg (what distillation saves)", "divcfg plain", "divcfg CFG batched 2B")
+    ratio("plain / CFG two-pass, divcfg", "divcfg plain", "divcfg CFG two-pass")
+    ratio("plain / CFG, HF generate", "HF generate plain", "HF generate CFG (guidance_scale)")
+    ratio("plain / CFG batched, before", "before: plain", "before: CFG batched 2B")
+    for name in ("plain", "CFG batched 2B", "CFG two-pass"):
+        ratio(f"after / before, {name}", f"divcfg {name}", f"before: {name}")
 
 
 if __name__ == "__main__":

@@ -31,6 +31,16 @@ def cfg_logprobs(cond_logits: torch.Tensor, uncond_logits: torch.Tensor, gamma: 
     return F.log_softmax((1.0 - gamma) * lu + gamma * lc, dim=-1)
 
 
+def cfg_logits(cond_logits: torch.Tensor, uncond_logits: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Unnormalised guided logits ``(1-γ)·ℓ_u + γ·ℓ_c`` (float32), one fused kernel.
+
+    ``log_softmax(cfg_logits(ℓ_c, ℓ_u, γ)) = cfg_logprobs(ℓ_c, ℓ_u, γ)``: the per-row normalisers
+    that ``cfg_logprobs`` subtracts first only shift each row by a constant, which the outer
+    log_softmax removes. The sampler uses this form (one log_softmax per step instead of three);
+    logits must be finite (a −∞ logit times ``1-γ < 0`` would be +∞ in either form)."""
+    return torch.lerp(uncond_logits.float(), cond_logits.float(), gamma)
+
+
 def guided_sequence_logprobs(model, tokens: torch.Tensor, cond: torch.Tensor, gamma: float,
                              mode: str = "batched") -> torch.Tensor:
     """Teacher-forced guided log-probs (B, T, V) of ``model`` over ``tokens`` (rows start with BOS).
@@ -43,7 +53,7 @@ def guided_sequence_logprobs(model, tokens: torch.Tensor, cond: torch.Tensor, ga
     if gamma == 1.0:
         return F.log_softmax(model(tokens, cond).float(), dim=-1)
     if mode == "batched":
-        null_mask = torch.cat([torch.zeros(B, dtype=torch.bool), torch.ones(B, dtype=torch.bool)]).to(tokens.device)
+        null_mask = torch.arange(2 * B, device=tokens.device) >= B  # [cond rows; null rows]
         logits = model(torch.cat([tokens, tokens]), torch.cat([cond, cond]), null_mask)
         lc, lu = logits[:B], logits[B:]
     else:

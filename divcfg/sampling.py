@@ -13,6 +13,19 @@ At step t the sampling distribution is built in this order:
 PAD and BOS get probability zero before step 2 (they are never valid continuations).
 The returned ``logprobs`` are those of the sampled tokens under that final distribution.
 Rows that emitted EOS are padded with PAD afterwards; sampling stops when every row is done.
+
+The per-token loop is written for few kernels and no host round trips: PAD/BOS (and EOS before
+``min_new_tokens``) are removed by adding a precomputed −∞ bias to the logits, CFG mixes raw
+logits (``guidance.cfg_logits``, one log_softmax instead of three; the same distribution), and
+the steps 1–3 above collapse into one ``log_softmax`` when top-k/top-p are off. The "every row
+finished" early exit reads the device each step only on the CPU (free there); on an accelerator
+it is checked every ``SYNC_EVERY`` steps, and the output is cut to the longest row either way.
+
+Device and precision (``choose_precision``): ``autocast=True`` means bf16 autocast where the
+device supports it (``bf16_supported``); on CUDA the KV cache is then bf16 (the fused attention
+kernels are fast there), on the CPU it stays fp32 because one-query attention in bf16 is several
+times slower on CPUs than in fp32. A CPU ``torch.Generator`` passed for a CUDA run seeds a
+generator on the device from one draw of its own stream (so runs stay reproducible by seed).
 """
 
 from __future__ import annotations
@@ -23,7 +36,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from divcfg.guidance import CFG_MODES, cfg_logprobs
+from divcfg.guidance import CFG_MODES, cfg_logits
 
 
 @dataclass
@@ -65,9 +78,49 @@ def filter_logprobs(logp: torch.Tensor, temperature: float = 1.0, top_k: int = 0
     return F.log_softmax(logp, dim=-1)
 
 
-def _autocast(enabled: bool):
-    if enabled:
-        return torch.autocast("cpu", dtype=torch.bfloat16)
+SYNC_EVERY = 16  # on an accelerator, steps between checks of "every row finished"
+
+
+def bf16_supported(device_type: str = "cpu") -> bool:
+    """Whether this machine runs bf16 natively on ``device_type`` ("cpu": AVX512-BF16/AMX via
+    oneDNN; "cuda": ``torch.cuda.is_bf16_supported()``)."""
+    if device_type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device_type == "cpu":
+        try:
+            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):
+            return False
+    return False
+
+
+@dataclass(frozen=True)
+class Precision:
+    autocast_dtype: torch.dtype | None  # None: no autocast (the model's own dtype)
+    cache_dtype: torch.dtype | None     # KV cache; None: the model's parameter dtype
+
+
+def choose_precision(device_type: str, bf16: bool, bf16_ok: bool) -> Precision:
+    """Autocast and KV-cache dtypes for sampling on ``device_type`` (pure logic; ``bf16_ok`` is
+    ``bf16_supported(device_type)``). bf16 autocast only where asked for *and* supported; the
+    cache follows it on accelerators and stays fp32 on the CPU (measured faster there)."""
+    if not (bf16 and bf16_ok):
+        return Precision(None, None)
+    return Precision(torch.bfloat16, torch.float32 if device_type == "cpu" else torch.bfloat16)
+
+
+def device_generator(generator: torch.Generator | None, device: torch.device) -> torch.Generator | None:
+    """``generator`` itself when it lives on ``device``; otherwise a generator on ``device`` seeded
+    from one draw of ``generator`` (deterministic given the caller's seed)."""
+    if generator is None or generator.device.type == device.type:
+        return generator
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def _autocast(device_type: str, dtype: torch.dtype | None):
+    if dtype is not None:
+        return torch.autocast(device_type, dtype=dtype)
     return contextlib.nullcontext()
 
 
@@ -76,37 +129,40 @@ def sample(model, cond: torch.Tensor, *, max_new_tokens: int, temperature: float
            top_p: float = 1.0, gamma: float = 1.0, cfg_mode: str = "batched", use_cache: bool = True,
            generator: torch.Generator | None = None, autocast: bool = False,
            min_new_tokens: int = 0) -> SampleOutput:
-    """Sample ``B = cond.shape[0]`` continuations of ``[BOS]`` (one per condition row).
-    EOS is forbidden before ``min_new_tokens`` tokens (as in Hugging Face generation)."""
+    """Sample ``B = cond.shape[0]`` continuations of ``[BOS]`` (one per condition row) on
+    ``cond.device``. EOS is forbidden before ``min_new_tokens`` tokens (as in Hugging Face
+    generation). ``autocast``: bf16 where the device supports it (see ``choose_precision``)."""
     if cfg_mode not in CFG_MODES:
         raise ValueError(f"cfg_mode must be one of {CFG_MODES}, got {cfg_mode!r}")
+    if temperature <= 0:
+        raise ValueError("temperature must be > 0")
     cfg = model.cfg
     max_new_tokens = min(max_new_tokens, cfg.max_len - 1)
     was_training = model.training
     model.eval()
     device = cond.device
+    precision = choose_precision(device.type, autocast, autocast and bf16_supported(device.type))
+    generator = device_generator(generator, device)
     B = cond.shape[0]
     guided = gamma != 1.0
+    batched = guided and cfg_mode == "batched"
     passes = 2 if guided else 1
     tokens = torch.full((B, 1), cfg.bos_id, dtype=torch.long, device=device)
     out_tok = torch.full((B, max_new_tokens), cfg.pad_id, dtype=torch.long, device=device)
     out_lp = torch.zeros(B, max_new_tokens, device=device)
     done = torch.zeros(B, dtype=torch.bool, device=device)
-    lengths = torch.zeros(B, dtype=torch.long, device=device)
 
-    # under bf16 autocast the keys/values are bf16: cache them as such (no per-step conversion)
-    cache_dtype = torch.bfloat16 if autocast else None
-    if guided and cfg_mode == "batched":
+    new_cache = (lambda n: model.new_cache(n, precision.cache_dtype)) if use_cache else None
+    if batched:
         cond_in = torch.cat([cond, cond])
-        null_in = torch.cat([torch.zeros(B, dtype=torch.bool), torch.ones(B, dtype=torch.bool)]).to(device)
-        caches = [model.new_cache(2 * B, cache_dtype)] if use_cache else None
+        null_in = torch.arange(2 * B, device=device) >= B  # [cond rows; null rows]
+        caches = [new_cache(2 * B)] if use_cache else None
     else:
-        caches = ([model.new_cache(B, cache_dtype)] + ([model.new_cache(B, cache_dtype)] if guided else [])
-                  ) if use_cache else None
+        caches = [new_cache(B) for _ in range(passes)] if use_cache else None
 
     def next_logits(step_tokens: torch.Tensor, all_tokens: torch.Tensor):
         """(cond_logits, uncond_logits or None) for the next position."""
-        if guided and cfg_mode == "batched":
+        if batched:
             if use_cache:
                 lg = model.forward_step(torch.cat([step_tokens, step_tokens]), caches[0], cond_in, null_in)
             else:
@@ -120,28 +176,40 @@ def sample(model, cond: torch.Tensor, *, max_new_tokens: int, temperature: float
             lu = model(all_tokens, None)[:, -1] if guided else None
         return lc, lu
 
-    never = torch.tensor([cfg.pad_id, cfg.bos_id], device=device)
+    filtered = bool(top_k) or top_p < 1.0
+    inv_temp = 1.0 / temperature
+    check_every = 1 if device.type == "cpu" else SYNC_EVERY
+    bias = bias_no_eos = None
     step_tokens = tokens
-    with _autocast(autocast):
+    with _autocast(device.type, precision.autocast_dtype):
         for t in range(max_new_tokens):
             lc, lu = next_logits(step_tokens, tokens)
-            logp = cfg_logprobs(lc, lu, gamma) if guided else F.log_softmax(lc.float(), dim=-1)
-            logp[:, never] = float("-inf")  # PAD and BOS are never valid continuations
-            if t < min_new_tokens:
-                logp[:, cfg.eos_id] = float("-inf")
-            logp = filter_logprobs(logp, temperature, top_k, top_p)
-            nxt = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(1)
-            lp = logp.gather(1, nxt.unsqueeze(1)).squeeze(1)
-            nxt = torch.where(done, torch.full_like(nxt, cfg.pad_id), nxt)
+            if bias is None:  # −∞ on tokens that are never valid: PAD, BOS (and EOS while t < min)
+                bias = torch.zeros(lc.shape[-1], device=device)
+                bias[[cfg.pad_id, cfg.bos_id]] = float("-inf")
+                bias_no_eos = bias.clone()
+                bias_no_eos[cfg.eos_id] = float("-inf")
+            z = cfg_logits(lc, lu, gamma) if guided else lc.float()
+            z = z + (bias_no_eos if t < min_new_tokens else bias)
+            if inv_temp != 1.0:
+                z = z * inv_temp
+            logp = torch.log_softmax(z, dim=-1)
+            if filtered:
+                logp = filter_logprobs(logp, 1.0, top_k, top_p)
+            nxt = torch.multinomial(logp.exp(), 1, generator=generator)
+            lp = logp.gather(1, nxt).squeeze(1)
+            nxt = nxt.squeeze(1).masked_fill_(done, cfg.pad_id)
             out_tok[:, t] = nxt
-            out_lp[:, t] = torch.where(done, torch.zeros_like(lp), lp)
-            lengths += (~done).long()
-            done = done | (nxt == cfg.eos_id)
+            out_lp[:, t] = lp.masked_fill_(done, 0.0)
+            done |= nxt == cfg.eos_id
             step_tokens = nxt.unsqueeze(1)
             if not use_cache:
                 tokens = torch.cat([tokens, step_tokens], dim=1)
-            if bool(done.all()):
-                out_tok, out_lp = out_tok[:, : t + 1], out_lp[:, : t + 1]
+            if (t + 1) % check_every == 0 and bool(done.all()):
                 break
     model.train(was_training)
-    return SampleOutput(out_tok, lengths, out_lp, done, passes)
+    # PAD is never sampled, so a row's length is its count of non-PAD tokens (EOS included); the
+    # longest row is where the loop stopped (or would have, checking every step)
+    lengths = (out_tok != cfg.pad_id).sum(1)
+    width = int(lengths.max()) if B else 0
+    return SampleOutput(out_tok[:, :width], lengths, out_lp[:, :width], done, passes)

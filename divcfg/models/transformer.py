@@ -61,8 +61,9 @@ class KVCache:
     def empty(cls, cfg: ModelConfig, batch: int, device, dtype) -> "KVCache":
         hd = cfg.d_model // cfg.n_head
         shape = (batch, cfg.n_head, cfg.n_prefix + cfg.max_len, hd)
-        return cls([torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)],
-                   [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)])
+        # uninitialised: only positions < pos are ever read, and untouched pages cost no memory
+        return cls([torch.empty(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)],
+                   [torch.empty(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)])
 
 
 class SelfAttention(nn.Module):
@@ -92,6 +93,30 @@ class SelfAttention(nn.Module):
                 mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(diagonal=start)
                 y = F.scaled_dot_product_attention(q, keys, vals, attn_mask=mask)
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
+
+    def decode(self, x: torch.Tensor, cache: KVCache, layer: int) -> torch.Tensor:
+        """One new position per row, ``x`` (B, C), attending to the cache plus itself; writes its
+        key/value at ``cache.pos`` (the caller advances ``pos``). Same maths as ``forward``.
+
+        On CPU the attention ``softmax(q·Kᵀ/√hd)·V`` runs as two matmuls in the cache's dtype
+        (fp32 by default, outside autocast): for a single query the fused SDPA kernel costs more,
+        and in bf16 several times more. Elsewhere the fused kernel is used."""
+        B, C = x.shape
+        hd = C // self.n_head
+        q, k, v = self.qkv(x).view(B, 3, self.n_head, hd).unbind(1)  # (B, H, hd) each
+        pos = cache.pos
+        kc, vc = cache.k[layer], cache.v[layer]
+        kc[:, :, pos] = k
+        vc[:, :, pos] = v
+        keys, vals = kc[:, :, :pos + 1], vc[:, :, :pos + 1]
+        q = q.unsqueeze(2).to(kc.dtype)
+        if x.device.type == "cpu":
+            with torch.autocast("cpu", enabled=False):
+                scores = torch.matmul(q, keys.transpose(2, 3)) * (1.0 / math.sqrt(hd))
+                y = torch.matmul(torch.softmax(scores, dim=-1), vals)
+        else:
+            y = F.scaled_dot_product_attention(q, keys, vals)
+        return self.proj(y.reshape(B, C).to(x.dtype))
 
 
 class Block(nn.Module):
@@ -178,6 +203,8 @@ class MusicTransformer(nn.Module):
         logits (B, V) of the next token after the last of ``tokens``."""
         B, T = tokens.shape
         P = self.cfg.n_prefix
+        if cache.pos > 0 and T == 1:
+            return self._decode_one(tokens[:, 0], cache)
         if cache.pos == 0:
             pre = self.prefix(cond, null_mask, B) + self.pos_emb.weight[:P]
             x = torch.cat([pre, self._embed(tokens, P)], dim=1)
@@ -189,3 +216,16 @@ class MusicTransformer(nn.Module):
             x = blk(x, cache, i)
         cache.pos += x.shape[1]
         return self.head(self.ln_f(x[:, -1]))
+
+    def _decode_one(self, token: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """The decode step proper (one token per row after the prefill), on (B, d) activations:
+        the block maths of ``forward`` with fewer ops (no sequence axis, no position tensor)."""
+        pos = cache.pos
+        if pos + 1 > self.cfg.n_prefix + self.cfg.max_len:
+            raise ValueError(f"KV cache full: max_len={self.cfg.max_len} tokens")
+        x = self.tok_emb(token) + self.pos_emb.weight[pos]
+        for i, blk in enumerate(self.blocks):
+            x = x + blk.attn.decode(blk.ln1(x), cache, i)
+            x = x + blk.mlp(blk.ln2(x))
+        cache.pos = pos + 1
+        return self.head(self.ln_f(x))
