@@ -30,14 +30,16 @@ SYSTEMS = [("base", "base (γ=1)", "base", {}), ("cfg_g3", "CFG γ=3", "cfg", {"
 INJECTION = '<script>window.__pwned=1</script><img src=x onerror="window.__pwned=2"> & a reel'
 
 
-def make_run(data_dir: Path, out: Path, n_prompts: int = 6, generations: int = 2) -> Path:
-    """An evaluation run folder whose generations are real corpus tunes (no model)."""
+def make_run(data_dir: Path, out: Path, n_prompts: int = 6, generations: int = 2, inject_all: bool = False) -> Path:
+    """An evaluation run folder whose generations are real corpus tunes (no model). Prompt 0 (every
+    prompt with ``inject_all``) carries markup that must be shown as text."""
     pieces = [p for p in load_split(data_dir, "train") if len(p["tokens"]) >= 40]
     need = len(SYSTEMS) * n_prompts * generations
     assert len(pieces) >= need, len(pieces)
     prompts = [{"index": i, "id": pieces[i]["id"], "text": pieces[i]["captions"][0], "meta": pieces[i]["meta"]}
                for i in range(n_prompts)]
-    prompts[0]["text"] = INJECTION
+    for i in range(n_prompts if inject_all else 1):
+        prompts[i]["text"] = INJECTION + (f" #{i}" if inject_all else "")
     systems, samples = [], []
     for j, (name, label, family, extra) in enumerate(SYSTEMS):
         systems.append({"name": name, "label": label, "family": family, "quality": 0.1 * j, **extra})
