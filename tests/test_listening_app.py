@@ -390,3 +390,52 @@ def test_verdict_contradicts_when_raters_prefer_cfg(tiny_data_dir, tmp_path):
     mv = analyse_run(run, n_boot=300)["merge_vs_cfg"]
     assert mv["verdict"] == "contradict" and mv["sentence"].startswith("Raters contradict")
     assert mv["diversity_win_rate"]["mean"] == 0 and mv["quality_difference"]["mean"] == -4
+
+
+def test_concurrent_double_submits_store_one_row(tiny_data_dir, tmp_path):
+    import threading
+
+    _, study_dir = new_study(tiny_data_dir, tmp_path)
+    app = create_app(study_dir)
+    with BackgroundServer(app) as server:
+        t = httpx.get(server.url + "api/next", params={"rater": "dbl"}).json()["trial"]
+        body = answer_body(app.state.study, "dbl", t, t["key"])
+        go, results = threading.Barrier(8), []
+
+        def send():
+            go.wait()
+            results.append(httpx.post(server.url + "api/answer", json=body, timeout=60).json())
+        threads = [threading.Thread(target=send) for _ in range(8)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+    assert len(results) == 8 and all(r["saved"] for r in results)
+    assert sum(not r["duplicate"] for r in results) == 1 and len({r["answer_id"] for r in results}) == 1
+    assert len(db_rows(study_dir)) == 1
+
+
+def test_report_shows_the_human_evaluation_section(tiny_data_dir, tmp_path_factory, tmp_path):
+    """`divcfg report` on a real evaluation run (tiny untrained models, as in test_report) after
+    `divcfg listen --analyse`: the section is on the page, before the provenance."""
+    import shutil
+
+    from divcfg.report import render_report
+    from test_evaluation import shared_tiny_run
+
+    _, shared = shared_tiny_run(Path(tiny_data_dir), tmp_path_factory)
+    run = tmp_path / "run"
+    shutil.copytree(shared, run, ignore=shutil.ignore_patterns("listening", "report*"))
+    assert cli_main(["listen", str(run), "--prepare-only", "--clip-beats", "8", "--quality-trials", "3",
+                     "--diversity-trials", "3"]) == 0
+    study = json.loads((run / "listening" / "study.json").read_text())
+    assert study["systems"][0] == "base" and len(study["systems"]) == 3
+    app = create_app(run / "listening")
+    with BackgroundServer(app) as server, httpx.Client(base_url=server.url) as client:
+        for k in range(2):
+            answer_all(client, study, f"r{k}", dict.fromkeys(study["systems"], 3), study["systems"][-1])
+    assert cli_main(["listen", str(run), "--analyse"]) == 0
+    page = render_report(run, n_prompts=1, n_generations=1, audio=False).read_text()
+    assert page.count('<h2 id="human">Human evaluation</h2>') == 1
+    assert page.index('id="human-verdict"') < page.index('id="provenance"')
+    assert "12 answers from 2 raters" in page

@@ -196,10 +196,10 @@ def _sentence(verdict, qd, dw, confidence, merge_labels, cfg_labels) -> str:
     head = {"confirm": "Raters confirm the claim that the merge beats base + CFG on quality–diversity",
             "contradict": "Raters contradict the claim that the merge beats base + CFG on quality–diversity",
             "mixed": "Raters give a mixed answer on the claim that the merge beats base + CFG",
-            "inconclusive": "Raters neither confirm nor refute the claim that the merge beats base + CFG "
-                            "(the intervals include no difference)"}[verdict]
+            "inconclusive": "Raters neither confirm nor refute the claim that the merge beats base + CFG"}[verdict]
     who = f" ({', '.join(merge_labels)} vs {', '.join(cfg_labels)})"
-    return f"{head}{who}: " + " and ".join(parts) + "."
+    tail = "; every interval includes no difference" if verdict == "inconclusive" else ""
+    return f"{head}{who}: " + " and ".join(parts) + tail + "."
 
 
 # ---------------------------------------------------------------------------------------------

@@ -261,8 +261,20 @@ class BackgroundServer:
         self.sock.close()
 
 
-def serve(app, host: str, port: int) -> None:
-    """Serve until Ctrl-C (uvicorn, one process)."""
+def serve(app, host: str, port: int, announce=None) -> None:
+    """Serve until Ctrl-C (uvicorn, one process); ``announce(port)`` is called once the socket is
+    bound (port 0 = any free port)."""
     import uvicorn
 
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        raise UserError(f"cannot listen on {host}:{port} ({e.strerror}): pick another --port") from None
+    if announce:
+        announce(sock.getsockname()[1])
+    try:
+        uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False)).run(sockets=[sock])
+    finally:
+        sock.close()

@@ -143,8 +143,11 @@ def run(args) -> None:
     if args.prepare_only:
         return
     app = create_app(out, token=token)
-    shown = "localhost" if cfg.host in ("127.0.0.1", "::1") else cfg.host
+    shown = "localhost" if is_loopback(cfg.host) else (f"[{cfg.host}]" if ":" in cfg.host else cfg.host)
     query = f"?token={token}&rater=" if token else "?rater="
-    print(f"listening study: http://{shown}:{cfg.port}/{query}<name>  (each rater their own name; Ctrl-C stops; "
-          f"answers are kept in {out / 'answers.sqlite'})", flush=True)
-    serve(app, cfg.host, cfg.port)
+
+    def announce(port: int) -> None:
+        print(f"listening study: http://{shown}:{port}/{query}<name>  (one name per rater; Ctrl-C stops; "
+              f"answers are kept in {out / 'answers.sqlite'})", flush=True)
+
+    serve(app, cfg.host, cfg.port, announce)
