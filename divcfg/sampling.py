@@ -22,9 +22,8 @@ finished" early exit reads the device each step only on the CPU (free there); on
 it is checked every ``SYNC_EVERY`` steps, and the output is cut to the longest row either way.
 
 Device and precision (``choose_precision``): ``autocast=True`` means bf16 autocast where the
-device supports it (``bf16_supported``); on CUDA the KV cache is then bf16 (the fused attention
-kernels are fast there), on the CPU it stays fp32 because one-query attention in bf16 is several
-times slower on CPUs than in fp32. A CPU ``torch.Generator`` passed for a CUDA run seeds a
+device supports it (``bf16_supported``), and the KV cache is then bf16 too (exact: the keys and
+values come out of bf16 matmuls; half the memory and memory traffic of fp32). A CPU ``torch.Generator`` passed for a CUDA run seeds a
 generator on the device from one draw of its own stream (so runs stay reproducible by seed).
 """
 
@@ -102,11 +101,12 @@ class Precision:
 
 def choose_precision(device_type: str, bf16: bool, bf16_ok: bool) -> Precision:
     """Autocast and KV-cache dtypes for sampling on ``device_type`` (pure logic; ``bf16_ok`` is
-    ``bf16_supported(device_type)``). bf16 autocast only where asked for *and* supported; the
-    cache follows it on accelerators and stays fp32 on the CPU (measured faster there)."""
-    if not (bf16 and bf16_ok):
+    ``bf16_supported(device_type)``): bf16 autocast, and a bf16 cache, only where asked for *and*
+    supported. The attention arithmetic itself is chosen by the model per device (the built-in
+    one computes one-query attention in fp32 on the CPU, see ``SelfAttention.decode``)."""
+    if not (bf16 and bf16_ok) or device_type not in ("cpu", "cuda"):
         return Precision(None, None)
-    return Precision(torch.bfloat16, torch.float32 if device_type == "cpu" else torch.bfloat16)
+    return Precision(torch.bfloat16, torch.bfloat16)
 
 
 def device_generator(generator: torch.Generator | None, device: torch.device) -> torch.Generator | None:
