@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from divcfg.cli import main as cli_main
+from divcfg.cli import run_command
 from divcfg.errors import UserError
 from divcfg.provenance import provenance, write_json_atomic
 
@@ -85,10 +85,11 @@ def _flags(d: dict) -> list[str]:
 
 
 def _call(argv: list[str]) -> None:
-    code = cli_main(argv)
-    if code != 0:
-        raise UserError(f"stage `divcfg {' '.join(argv[:2])}` failed (exit {code}); fix the error above and "
-                        f"rerun `divcfg demo` (finished stages are kept)")
+    try:
+        run_command(argv)
+    except UserError as e:  # one line: the stage and its cause
+        raise UserError(f"stage `divcfg {' '.join(argv[:2])}` failed: {e} (then rerun `divcfg demo`; "
+                        f"finished stages are kept)") from None
 
 
 def _done_checkpoint(path: Path) -> bool:
@@ -186,7 +187,8 @@ def add_arguments(parser) -> None:
                         help="demo: ~20 min on 2 cores; small: the full-size small presets; tiny: tests")
     parser.add_argument("--root", default=None, help="folder for all runs (default: runs/<preset>)")
     parser.add_argument("--data-root", default="data", help="folder for data sets")
-    parser.add_argument("--beta", type=float, default=None,
+    from divcfg.config import arg_type
+    parser.add_argument("--beta", type=arg_type(float, gt=0), default=None,
                         help="β of the diversity student (default: the preset's, 15 as in the paper; on the small "
                              "testbed β=5 kept the requested meter where β=15 did not, see README Results)")
     parser.add_argument("--force", action="append", default=[],
