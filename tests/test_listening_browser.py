@@ -5,7 +5,6 @@ unanswered trial. The browser is installed by `make`: without it these tests fai
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from pathlib import Path
 
@@ -114,7 +113,7 @@ def test_rater_answers_by_keyboard_and_resumes(browser, study):
         assert order[:3] == seen and tid == order[3]
         assert browser.find_element(By.ID, "progress-text").text == "3 of 5 answered"
         for t in order[3:]:
-            assert current_trial() == t
+            wait.until(lambda d: d.find_element(By.ID, "trial").get_attribute("data-trial-id") == t)
             keys(*(("3", "3", "3") if trials[t]["kind"] == "quality" else ("a",)), Keys.ENTER)
             wait.until(lambda d: d.find_element(By.ID, "status").get_attribute("data-saved-trial") == t)
         wait.until(lambda d: d.find_element(By.ID, "done").is_displayed())

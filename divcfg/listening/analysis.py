@@ -26,7 +26,6 @@ import csv
 import html
 import json
 import os
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
