@@ -12,7 +12,8 @@ Validation lives here, once for every stage. A field declares its range in its m
     divergence: str = field("reverse_kl", "...", choices=DIVERGENCES)
 
 Keys: ``ge`` (≥), ``gt`` (>), ``le`` (≤), ``lt`` (<), ``choices``; floats must be finite unless
-``finite=False``. Values are coerced strictly: a TOML int is accepted for a float field, but a
+``finite=False``. A ``str`` field with ``float_list=True`` holds comma-separated numbers
+(``lams = "0,0.5,1"``), and the range applies to each of them. Values are coerced strictly: a TOML int is accepted for a float field, but a
 string is never a number and never a bool (``bf16 = "false"`` is an error, not True), and a bool
 is never a number. A violation is one :class:`UserError` line naming the field, the value and the
 fix. ``validate_config(cfg)`` checks a dataclass built in Python; ``arg_type(...)`` gives argparse
@@ -33,7 +34,7 @@ from typing import Any
 
 from divcfg.errors import UserError
 
-RANGE_KEYS = ("ge", "gt", "le", "lt", "choices", "finite")
+RANGE_KEYS = ("ge", "gt", "le", "lt", "choices", "finite", "float_list")
 _KINDS = {"int": int, "float": float, "str": str, "bool": bool}
 
 
@@ -82,6 +83,22 @@ def check_value(value: Any, kind: type, meta: dict) -> Any:
     elif kind is str:
         if not isinstance(value, str):
             raise ValueError(f"must be a string, got {value!r}")
+        if meta.get("float_list"):
+            item_meta = {k: v for k, v in meta.items() if k != "float_list"}
+            for item in (x.strip() for x in value.split(",")):
+                if not item:
+                    continue
+                try:
+                    number = float(item)
+                except ValueError:
+                    raise ValueError(f"must be comma-separated numbers, got {value!r}") from None
+                try:
+                    check_value(number, float, item_meta)
+                except ValueError:
+                    rng = range_text(item_meta)
+                    raise ValueError(f"must hold finite numbers{' ' + rng if rng else ''}, got {item!r} "
+                                     f"in {value!r}") from None
+            return value
     choices = meta.get("choices")
     if choices is not None and value not in choices:
         raise ValueError(f"must be {range_text(meta)}, got {value!r}")
