@@ -197,7 +197,7 @@ def _sentence(verdict, qd, dw, confidence, merge_labels, cfg_labels) -> str:
             "mixed": "Raters give a mixed answer on the claim that the merge beats base + CFG",
             "inconclusive": "Raters neither confirm nor refute the claim that the merge beats base + CFG"}[verdict]
     who = f" ({', '.join(merge_labels)} vs {', '.join(cfg_labels)})"
-    tail = "; every interval includes no difference" if verdict == "inconclusive" else ""
+    tail = "; each interval includes the no-difference value" if verdict == "inconclusive" else ""
     return f"{head}{who}: " + " and ".join(parts) + tail + "."
 
 

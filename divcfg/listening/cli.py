@@ -17,7 +17,7 @@ import os
 import secrets
 from pathlib import Path
 
-from divcfg.config import add_config_arguments, field, resolve_config
+from divcfg.config import add_config_arguments, arg_type, field, resolve_config
 from divcfg.errors import UserError
 from divcfg.listening.design import StudyConfig, build_study, default_systems
 
@@ -42,7 +42,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--analyse", "--analyze", dest="analyse", action="store_true",
                         help="per-system scores and diversity win rates with bootstrap intervals → "
                              "<run>/listening/analysis.json, and the report's 'Human evaluation' section")
-    parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples of --analyse")
+    parser.add_argument("--bootstrap", type=arg_type(int, ge=100), default=2000,
+                        help="bootstrap resamples of --analyse (default: 2000; >= 100)")
     add_config_arguments(parser, ListenConfig)
 
 
@@ -74,6 +75,9 @@ def prepare(run: Path, cfg: StudyConfig, progress: bool = True) -> Path:
             raise UserError(f"'{study_file}' holds a study with another design and {n} answers: rerun with its "
                             f"settings ({_flags(old['design'], old['systems'])}), or move {out} aside "
                             f"to start a new study")
+    from divcfg.provenance import provenance
+
+    study["provenance"] = provenance(cfg.seed, stage="listen")
     tmp = study_file.with_name("study.json.tmp")
     tmp.write_text(json.dumps(study, indent=1, ensure_ascii=False))
     os.replace(tmp, study_file)
@@ -116,8 +120,6 @@ def run(args) -> None:
     if not run_dir.is_dir():
         raise UserError(f"run folder '{run_dir}' not found: pass a folder written by `divcfg evaluate --out`")
     if args.export is not None or args.analyse:
-        if args.bootstrap < 100:
-            raise UserError(f"--bootstrap {args.bootstrap} is too few resamples: pass --bootstrap 2000")
         if args.export is not None:
             from divcfg.listening.analysis import export_csv
 
