@@ -118,6 +118,27 @@ def test_design_is_balanced(listening_run):
     assert max(sides.values()) - min(sides.values()) <= 4, sides
 
 
+@pytest.mark.parametrize("n_systems", [2, 4])
+def test_each_system_of_a_pair_is_shown_as_a_half_the_time(n_systems):
+    from divcfg.listening.design import StudyConfig, build_study
+
+    systems = [f"s{j}" for j in range(n_systems)]
+    clips = [{"id": f"{j}{p}{g}".ljust(16, "0"), "file": f"audio/{j}{p}{g}.wav", "system": s, "prompt_index": p,
+              "generation": g} for j, s in enumerate(systems) for p in range(5) for g in range(4)]
+    manifest = {"clips": clips, "prompts": {str(p): f"prompt {p}" for p in range(5)},
+                "systems": {s: {"label": s, "family": "base"} for s in systems}}
+    study = build_study(manifest, StudyConfig(generations=4), systems)
+    shown_a = Counter()
+    for tid in study["pools"]["diversity"]:
+        t = study["trials"][tid]
+        shown_a[(tuple(sorted((t["A"]["system"], t["B"]["system"]))), t["A"]["system"])] += 1
+        assert t["A"]["clips"] != t["B"]["clips"] and len(set(t["A"]["clips"] + t["B"]["clips"])) == 4
+    pairs = {pair for pair, _ in shown_a}
+    assert len(pairs) == n_systems * (n_systems - 1) // 2
+    for pair in pairs:  # 5 prompts × 2 generation pairs = 10 trials per pair: 5 / 5
+        assert shown_a[(pair, pair[0])] == shown_a[(pair, pair[1])] == 5, shown_a
+
+
 def test_changed_design_is_refused_once_answered(tiny_data_dir, tmp_path):
     run, study_dir = new_study(tiny_data_dir, tmp_path)
     app = create_app(study_dir)

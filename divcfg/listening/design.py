@@ -14,8 +14,8 @@ Balance. Each pool is laid out as a cyclic list that visits the systems (or syst
 order π rotated per system, so any S consecutive entries hold every system once with distinct
 prompts. Rater k (numbered in order of arrival) answers the window ``L[k·n mod |L| …]`` of n
 trials: with n a multiple of S each rater hears every system equally often, and over raters the
-windows tile the pool, so every trial is answered ⌊·⌋/⌈·⌉-equally often. Which pair is shown as "A"
-alternates along the pool (each system is A half the time). Each rater's trials are then shuffled
+windows tile the pool, so every trial is answered ⌊·⌋/⌈·⌉-equally often. Which system of a pair is
+shown as "A" alternates along that pair's trials (each is A half the time). Each rater's trials are then shuffled
 with the seed ``(seed, k)``. Trial ids are opaque (``q0007``, ``d0003``); the page never sees a
 system name, and clip files are named by a hash of their content.
 """
@@ -133,7 +133,7 @@ def build_study(manifest: dict, cfg: StudyConfig, systems: list[str]) -> dict:
                 r, p = per_pair[j][i]
                 gens = (2 * r, 2 * r + 1)
                 sides = [(a, clips(a, p, gens)), (b, clips(b, p, gens))]
-                if len(diversity) % 2:
+                if (i + j) % 2:  # each pair alternates which system is shown as "A"
                     sides.reverse()
                 diversity.append({"kind": "diversity", "prompt_index": p,
                                   "A": {"system": sides[0][0], "clips": sides[0][1]},
