@@ -154,6 +154,10 @@ def test_changed_design_is_refused_once_answered(tiny_data_dir, tmp_path):
         prepare(run, study_config(systems="base,nope"), progress=False)
     with pytest.raises(UserError, match="diversity trials"):
         prepare(run, study_config(generations=1), progress=False)
+    results = json.loads((run / "results.json").read_text())
+    (run / "results.json").write_text(json.dumps({**results, "domain": "text"}))
+    with pytest.raises(UserError, match="needs audio"):
+        prepare(run, study_config(), progress=False)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -86,6 +86,10 @@ def load_run(run_dir: Path) -> tuple[dict, list[dict]]:
     except json.JSONDecodeError as e:
         raise UserError(f"'{run_dir}' has a corrupt results.json or samples.jsonl ({e.msg}): "
                         f"rerun `divcfg evaluate`") from None
+    domain = results.get("domain", "music")
+    if domain != "music":
+        raise UserError(f"'{run_dir}' is a {domain!r} run: a listening study needs audio, which only music "
+                        f"runs have (their token ids are rendered to WAV)")
     return results, samples
 
 
