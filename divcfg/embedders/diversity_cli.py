@@ -331,7 +331,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--no-augment", action="store_true", help="train without any augmentation")
     t.add_argument("--max-train-pieces", type=arg_type(int, ge=2), help="use a random subset of the training split")
     t.add_argument("--eval-pieces", type=arg_type(int, ge=2), default=100, help="N held-out pieces for retrieval")
-    t.add_argument("--threads", type=arg_type(int, ge=0), default=2,
+    t.add_argument("--threads", type=arg_type(int, ge=1), default=2,
                    help="torch CPU threads (on a busy shared machine 1 is often faster)")
     t.add_argument("--seed", type=arg_type(int, ge=0), default=0)
     e = sub.add_parser("eval", help="held-out retrieval and invariance figures of a trained E")
@@ -339,7 +339,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     e.add_argument("--data-dir", default="data/small")
     e.add_argument("--split", default="test", choices=["val", "test"])
     e.add_argument("--eval-pieces", type=arg_type(int, ge=2), default=100)
-    e.add_argument("--threads", type=arg_type(int, ge=0), default=2)
+    e.add_argument("--threads", type=arg_type(int, ge=1), default=2)
     e.add_argument("--seed", type=arg_type(int, ge=0), default=0)
     e.add_argument("--device", default="cpu", help="torch device (cpu, cuda, ...)")
 
