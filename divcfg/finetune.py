@@ -38,9 +38,10 @@ other tokens before the divergence; the KL is exact over that vocabulary.
 Outputs in ``--out``: ``checkpoint/`` (a generator checkpoint; ``config.json`` records the
 fine-tuning config, base checkpoint, γ, β, seed, commit, last evaluation; ``training_state.pt``
 the optimizer, scheduler, RNG, baseline and step for ``--resume``), ``metrics.jsonl`` (TRL-like
-names), ``summary.json``, and last ``DONE.json`` (the completion marker, ``divcfg.stages``; ``cut_short`` there
-and in ``config.json`` when the ``max_minutes`` safety cap stopped the run before ``max_steps``). A non-finite loss or gradient stops the run with a one-line error and
-leaves the last good checkpoint in place.
+names), ``summary.json``, and last ``DONE.json`` (the completion marker, ``divcfg.stages``;
+``cut_short`` there, in ``summary.json`` and in ``config.json`` when the ``max_minutes`` safety cap
+stopped the run before ``max_steps``). A non-finite loss or gradient stops the run with a one-line
+error and leaves the last good checkpoint in place.
 """
 
 from __future__ import annotations
