@@ -4,9 +4,17 @@
     prompts) → distilled student β=0 → diversity student β>0 → evaluation of base, CFG γ-sweep,
     temperature sweep, both students and the merge λ-sweep on held-out prompts → HTML report
 
-Every stage is cached: it is skipped when its output exists (``--force STAGE`` redoes one).
-A stage that was interrupted resumes where its checkpoint left off. Wall times of every stage
-and the chosen γ* are written to ``<root>/demo.json``; the last line names the report.
+Every stage is cached, and a cached training stage means a *finished* one: pretraining, the
+embedder, the scorer and the students are skipped only when their folder holds the completion
+marker ``DONE.json`` (``divcfg.stages``), written as each stage's very last act. A stage without
+it (interrupted, even by ``kill -9``) is rerun with ``--resume`` and continues from its last
+checkpoint. ``--force STAGE`` deletes the stage's folder and redoes it from scratch.
+
+Every training stage is bounded by steps (the presets below), so the demo's results do not depend
+on the machine's speed; wall time is only a safety cap. A stage that the cap cut short says so on
+stderr, and ``<root>/demo.json`` records it under ``stages.<name>.cut_short`` (null when the stage
+reached its planned steps). Wall times of every stage and the chosen γ* are written there too;
+the last line names the report.
 
 γ* is chosen on *validation* prompts (never the held-out test prompts the evaluation reports):
 the γ with the highest mean alignment score, where an empty or note-less generation scores −1.
@@ -16,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +32,7 @@ from pathlib import Path
 from divcfg.cli import run_command
 from divcfg.errors import UserError
 from divcfg.provenance import provenance, write_json_atomic
+from divcfg.stages import is_finished, read_marker
 
 
 @dataclass(frozen=True)
@@ -38,13 +48,15 @@ class DemoPreset:
     threads: int = 2
 
 
+# Step budgets: what the former time boxes reached on the idle 2-core machine (5-minute base,
+# 2-minute E, 1.5-minute scorer at 2 threads); "minutes" / the presets' max_minutes are safety caps.
 PRESETS: dict[str, DemoPreset] = {
     # ~20 minutes on an idle 2-core machine
     "demo": DemoPreset(
         data_preset="small",
-        pretrain={"preset": "demo", "max-minutes": "5"},
-        embedder={"preset": "small", "minutes": "2"},
-        scorer={"preset": "small", "minutes": "1.5"},
+        pretrain={"preset": "demo"},                              # 180 steps, 15-min cap
+        embedder={"preset": "small", "steps": "240", "minutes": "8"},
+        scorer={"preset": "small", "steps": "120", "minutes": "8"},
         gamma_sweep={"cfg-gammas": "1.5,2,3", "num-prompts": "12", "generations": "2", "max-new-tokens": "256"},
         finetune={"preset": "demo"},
         evaluate={"preset": "demo"},
@@ -92,8 +104,9 @@ def _call(argv: list[str]) -> None:
                         f"finished stages are kept)") from None
 
 
-def _done_checkpoint(path: Path) -> bool:
-    return (path / "model.safetensors").exists() or (path / "checkpoint" / "model.safetensors").exists()
+def _finished(path: Path) -> bool:
+    """A training stage is cached only when it ran to its end (its DONE.json marker)."""
+    return is_finished(path)
 
 
 def choose_gamma(results_file: Path) -> tuple[float, dict[float, float]]:
@@ -122,30 +135,39 @@ def run_demo(preset: str = "demo", root: str | None = None, data_root: str = "da
     record["preset"] = preset
     threads = ["--threads", str(p.threads)]
 
-    def stage(name: str, done: bool, argv_fn) -> None:
+    def stage(name: str, done: bool, argv_fn, run_dir: Path | None = None) -> None:
+        """Run a stage unless cached; ``run_dir``: a training stage's folder (resumed when
+        unfinished, deleted first under ``--force``, its marker's ``cut_short`` recorded)."""
         i = STAGES.index(name) + 1
         if done and name not in force:
             print(f"[{i}/{len(STAGES)}] {name}: cached, skipped")
             return
-        print(f"[{i}/{len(STAGES)}] {name}: running `divcfg {' '.join(argv_fn()[:1])}` …", flush=True)
+        if run_dir is not None and name in force and run_dir.exists():
+            print(f"[{i}/{len(STAGES)}] {name}: --force, removing '{run_dir}'")
+            shutil.rmtree(run_dir)
+        how = "resuming" if run_dir is not None and run_dir.exists() else "running"
+        print(f"[{i}/{len(STAGES)}] {name}: {how} `divcfg {' '.join(argv_fn()[:1])}` …", flush=True)
         t0 = time.time()
         _call(argv_fn())
         record["stages"][name] = {"wall_s": round(time.time() - t0, 1)}
+        if run_dir is not None:
+            marker = read_marker(run_dir) or {}
+            record["stages"][name].update(steps_done=marker.get("steps_done"), cut_short=marker.get("cut_short"))
         write_json_atomic(record_file, record)
         print(f"[{i}/{len(STAGES)}] {name}: done in {time.time() - t0:.0f} s", flush=True)
 
     beta_name = f"ft_beta{p.beta:g}"
     stage("data", (data_dir / "manifest.json").exists(),
           lambda: ["data", "--preset", p.data_preset, "--data-dir", data_root])
-    stage("pretrain", _done_checkpoint(ck["base"]),
+    stage("pretrain", _finished(ck["base"]),
           lambda: ["pretrain", *_flags(p.pretrain), "--data-dir", str(data_dir), "--out", str(ck["base"]),
-                   "--resume", *threads])
-    stage("embedder", _done_checkpoint(ck["embedder"]),
+                   "--resume", *threads], ck["base"])
+    stage("embedder", _finished(ck["embedder"]),
           lambda: ["embedder", "train", *_flags(p.embedder), "--data-dir", str(data_dir),
-                   "--out", str(ck["embedder"]), *threads])
-    stage("scorer", _done_checkpoint(ck["scorer"]),
+                   "--out", str(ck["embedder"]), "--resume", *threads], ck["embedder"])
+    stage("scorer", _finished(ck["scorer"]),
           lambda: ["scorer", "train", *_flags(p.scorer), "--data-dir", str(data_dir),
-                   "--out", str(ck["scorer"]), *threads])
+                   "--out", str(ck["scorer"]), "--resume", *threads], ck["scorer"])
     stage("gamma", (ck["gamma_sweep"] / "results.json").exists(),
           lambda: ["evaluate", *_flags({"temperatures": "", "quality": "", "diversity": "", "lams": "",
                                         **p.gamma_sweep}),
@@ -159,12 +181,12 @@ def run_demo(preset: str = "demo", root: str | None = None, data_root: str = "da
     print(f"γ* = {gamma:g} (validation alignment by γ: "
           + ", ".join(f"{g:g}: {q:.3f}" for g, q in sorted(by_gamma.items())) + ")")
     for name, beta, out in (("finetune_beta0", 0.0, ck["ft_beta0"]), ("finetune_beta", p.beta, ck[beta_name])):
-        stage(name, (out / "summary.json").exists(),
+        stage(name, _finished(out),
               lambda beta=beta, out=out: ["finetune", *_flags(p.finetune), "--base", str(ck["base"]),
                                           "--gamma", f"{gamma:g}", "--beta", f"{beta:g}",
                                           "--embedder", str(ck["embedder"]), "--scorer", str(ck["scorer"]),
                                           "--data-dir", str(data_dir), "--out", str(out), "--resume",
-                                          *threads])
+                                          *threads], out)
     stage("evaluate", (ck["eval"] / "results.json").exists(),
           lambda: ["evaluate", *_flags(p.evaluate), "--base", str(ck["base"]),
                    "--quality", str(ck["ft_beta0"]), "--diversity", str(ck[beta_name]),

@@ -310,7 +310,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="safety cap on training minutes; a run it stops is recorded as cut_short (default: the "
                         "preset's; 0 = none)")
     t.add_argument("--steps", type=arg_type(int, ge=1), help="optimiser steps to train (default: the preset's)")
-    t.add_argument("--ckpt-every", type=arg_type(int, ge=1), default=100, help="checkpoint every N steps (for --resume)")
+    t.add_argument("--ckpt-every", type=arg_type(int, ge=1), default=100,
+                   help="checkpoint every N steps (for --resume)")
     t.add_argument("--resume", action="store_true", help="continue the unfinished run in --out from its checkpoint")
     t.add_argument("--device", default="cpu", help="torch device (cpu, cuda, ...)")
     t.add_argument("--batch-size", type=arg_type(int, ge=2), help="pieces per batch (2 views each)")
@@ -377,7 +378,8 @@ def _resume_state(out: Path, resume: bool, cfg: EmbedderConfig) -> tuple[dict, d
 
 
 def _metric_rows(hist: dict) -> list[dict]:
-    return [{"step": i + 1, "train/loss": l, "train/pair_acc": a} for i, (l, a) in enumerate(zip(hist["loss"], hist["acc"]))]
+    return [{"step": i + 1, "train/loss": loss, "train/pair_acc": acc}
+            for i, (loss, acc) in enumerate(zip(hist["loss"], hist["acc"]))]
 
 
 def run(args: argparse.Namespace) -> None:
