@@ -49,12 +49,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--checkpoint", required=True, help="generator checkpoint or run folder")
     parser.add_argument("--prompt", action="append", required=True,
                         help="text prompt (repeat for several), e.g. \"an Irish jig in D major, 6/8\"")
-    parser.add_argument("--cfg", type=arg_type(float, ge=0), default=1.0, dest="gamma",
+    parser.add_argument("--cfg", type=arg_type(float, ge=0, le=100), default=1.0, dest="gamma",
                         help="guidance scale γ (1 = plain conditional, 0 = unconditional, >1 = CFG)")
     parser.add_argument("--cfg-mode", choices=["batched", "two_pass"], default="batched",
                         help="CFG as one 2B batch (fast) or two passes (low memory)")
     parser.add_argument("--num-samples", type=arg_type(int, ge=1), default=1, help="generations per prompt")
-    parser.add_argument("--temperature", type=arg_type(float, gt=0), default=1.0)
+    parser.add_argument("--temperature", type=arg_type(float, ge=0.01, le=100), default=1.0)
     parser.add_argument("--top-k", type=arg_type(int, ge=0), default=0, help="keep the k most likely tokens (0 = off)")
     parser.add_argument("--top-p", type=arg_type(float, gt=0, le=1), default=1.0, help="nucleus sampling mass (1 = off)")
     parser.add_argument("--max-new-tokens", type=arg_type(int, ge=1), default=None)
