@@ -86,7 +86,7 @@ class FinetuneConfig:
     data_dir: str = field("data/small", "data set folder (train captions for training, val for evaluation)")
     out: str = field("runs/small/ft", "run folder (checkpoint/, metrics.jsonl, summary.json)")
     seed: int = field(0, "random seed (prompts, sampling)", ge=0)
-    gamma: float = field(2.0, "the CFG teacher's guidance scale γ (1 = plain conditional)", ge=0)
+    gamma: float = field(2.0, "the CFG teacher's guidance scale γ (1 = plain conditional)", ge=0, le=100)
     beta: float = field(0.0, "weight β of the diversity term: loss = KL - β·surrogate", ge=0)
     divergence: str = field("reverse_kl", f"token divergence to the teacher: {', '.join(DIVERGENCES)}", choices=DIVERGENCES)
     jsd_beta: float = field(0.5, "β of the generalised JSD (TRL convention: 0 = forward KL, 1 = reverse KL)", ge=0, le=1)
@@ -99,7 +99,7 @@ class FinetuneConfig:
                               "(β per token, like the KL), 'sequence' keeps sequence log-prob sums", choices=PG_NORMALISATIONS)
     prompts_per_step: int = field(16, "prompts per step (the batch is prompts_per_step × group_size samples)", ge=1)
     max_new_tokens: int = field(192, "cap on the generated tokens per sample during training", ge=1)
-    temperature: float = field(1.0, "student sampling temperature (1 = on-policy)", gt=0)
+    temperature: float = field(1.0, "student sampling temperature (1 = on-policy)", ge=0.01, le=100)
     cfg_mode: str = field("batched", f"teacher CFG passes: {', '.join(CFG_MODES)}", choices=CFG_MODES)
     updates_per_batch: int = field(2, "optimizer steps per sampled batch (>1 reuses the samples, slightly "
                                    "off-policy: cheaper than sampling, which dominates the step time)", ge=1)
