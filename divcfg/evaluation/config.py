@@ -21,8 +21,8 @@ class EvalConfig:
     merge_a: str = field("", "merge endpoint A (λ=0); empty = --quality")
     merge_b: str = field("", "merge endpoint B (λ=1); empty = --diversity")
     lams: str = field("0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1", "comma-separated merge weights λ", float_list=True, ge=0, le=1)
-    cfg_gammas: str = field("1.5,2,3,4,5", "comma-separated CFG scales γ for the base model (γ=1 is base)", float_list=True, ge=0)
-    temperatures: str = field("0.8,0.9,1.1,1.25,1.5", "comma-separated temperatures τ for the base model (τ=1 is base)", float_list=True, gt=0)
+    cfg_gammas: str = field("1.5,2,3,4,5", "comma-separated CFG scales γ for the base model (γ=1 is base)", float_list=True, ge=0, le=100)
+    temperatures: str = field("0.8,0.9,1.1,1.25,1.5", "comma-separated temperatures τ for the base model (τ=1 is base)", float_list=True, ge=0.01, le=100)
     prompts: str = field("", "text domain: prompt file (.txt one per line, .jsonl with a 'prompt' field); "
                          "empty = the music testbed of --data-dir")
     null_prompt: str = field("", "text domain: the null prompt ∅ of CFG (empty = the one stored with a "
