@@ -1,37 +1,100 @@
-"""Reward and metric functions as plain TRL-style callables:
+"""Rewards: the fine-tuning step's reward (``step_rewards``, what ``divcfg finetune`` uses) and the
+same judges as plain TRL-style callables
 
-    f(prompts: list[str], generations: list[list[int]], **kw) -> list[float]
+    f(prompts: list[str], completions: list, **kw) -> list[float]
 
-one float per generation. ``generations`` are token-id lists (BOS/EOS/PAD allowed).
+one float per completion (``completions``: token-id lists for the music testbed, strings for text).
 
-Built in:
-- ``diversity_reward``: generations that share a prompt string form a group (TRL repeats each
-  prompt G times); each gets its leave-one-out diversity ``r_i = mean_{j≠i} (1 - cos(E(y_i), E(y_j)))``
-  under the diversity embedder ``E``. A pair with an empty/undecodable member counts
-  ``empty_value`` (0: degenerate output earns nothing); a prompt with one generation gets 0.
-- ``alignment_reward``: the alignment scorer's ``cos(text(prompt), music(y))``; -1 for an empty,
-  note-less or undecodable generation.
-- ``validity_reward``: 1.0 if the sequence decodes to notes with bars consistent with the meter
-  passed as ``meters=[...]`` (see ``metrics.token_validity``), else 0.0.
+**The step reward.** P prompts × G completions, rows prompt-major. With the diversity judge's unit
+embeddings ``e_i`` (``divcfg.judges.base.DiversityEmbedder``) and the domain's gate ``paid_i`` (which
+completions may earn reward: at least those the judge could embed),
 
-Judges are bound with ``make_diversity_reward(path_or_E)`` / ``make_alignment_reward(path_or_scorer)``
-(which return ``f(prompts, generations, **kw)`` with ``__name__`` set, as TRL logs it). Custom
-functions are registered by name with ``@register_reward("name")`` and looked up with
-``get_reward(name)``; ``combine_rewards`` evaluates several and their weighted sum.
+    d_i = mean_{j≠i, same prompt} (1 − cos(e_i, e_j))      (0 for a pair with an unpaid member)
+    r_i = d_i + w·q_i                                       (q: the quality judge, w = --quality-weight)
+
+``w = 0`` (the default) is the paper's diversity-only reward. ``advantages`` subtracts the baseline
+of ``divcfg.objectives.RewardBaseline``; for ``loo`` the quality part gets its own leave-one-out
+baseline ``w·mean_{j≠i} q_j`` (independent of y_i, so the estimate stays unbiased).
+
+Built-in callables:
+- ``diversity_reward``: completions sharing a prompt string form a group (TRL repeats each prompt G
+  times); each gets its leave-one-out diversity ``r_i`` above (``empty_value`` for pairs with an
+  invalid member; a prompt with one completion gets 0). Works with any diversity judge.
+- ``alignment_reward`` (alias ``quality_reward``): the quality judge's score (the music alignment
+  scorer gives −1 for an empty, note-less or undecodable generation).
+- ``validity_reward`` (music): 1.0 if the sequence decodes to notes with bars consistent with the
+  meter passed as ``meters=[...]``, else 0.0.
+
+Judges are bound with ``make_diversity_reward(path_or_judge)`` / ``make_alignment_reward(path_or_judge)``
+(``__name__`` set, as TRL logs it). Custom functions are registered by name with
+``@register_reward("name")`` and looked up with ``get_reward(name)``; ``combine_rewards`` evaluates
+several and their weighted sum.
 """
 
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
 
 from divcfg.errors import UserError
+from divcfg.objectives import RewardBaseline, diversity_rewards
 
 RewardFn = Callable[..., list[float]]
 _REGISTRY: dict[str, RewardFn] = {}
 
+
+# --------------------------------------------------------------------------- the fine-tuning step
+
+@dataclass
+class StepRewards:
+    rewards: torch.Tensor            # (P, G) r_i
+    diversity: torch.Tensor          # (P, G) d_i
+    emb: torch.Tensor                # (P·G, D) unit embeddings
+    embedded: torch.Tensor           # (P·G,) the judge could embed it
+    paid: torch.Tensor               # (P·G,) may earn reward (the domain's gate)
+    quality: torch.Tensor | None     # (P·G,) q_i when w > 0
+
+    def stats(self, adv: torch.Tensor) -> dict[str, float]:
+        out = {"reward/diversity/mean": float(self.diversity.mean()), "reward/diversity/std": float(self.diversity.std()),
+               "reward/empty_rate": float((~self.embedded).float().mean()),
+               "reward/unpaid_rate": float((~self.paid).float().mean()),
+               "advantage/abs_mean": float(adv.abs().mean())}
+        if self.quality is not None:
+            out["reward/quality/mean"] = float(self.quality.mean())
+            out["reward/mean"] = float(self.rewards.mean())
+        return out
+
+
+def step_rewards(diversity_judge, completions: list, G: int, gate: Callable[[torch.Tensor], torch.Tensor],
+                 quality_judge=None, prompts: Sequence[str] | None = None, quality_weight: float = 0.0) -> StepRewards:
+    """The rewards of one step's P·G completions (``gate(embedded) -> paid``)."""
+    emb, embedded = diversity_judge.embed_with_mask(completions)
+    emb, embedded = emb.float().cpu(), embedded.cpu()
+    paid = gate(embedded).cpu()
+    d = diversity_rewards(emb, G, paid)
+    r, q = d, None
+    if quality_weight > 0:
+        if quality_judge is None or prompts is None:
+            raise UserError("--quality-weight > 0 needs a quality judge: pass --quality-judge module:function")
+        q = torch.as_tensor(quality_judge.score(list(prompts), completions)).float().cpu()
+        r = d + quality_weight * q.view_as(d)
+    return StepRewards(r, d, emb, embedded, paid, q)
+
+
+def advantages(baseline: RewardBaseline, sr: StepRewards, quality_weight: float = 0.0) -> torch.Tensor:
+    """``r_i − b_i`` (P, G) with the configured baseline."""
+    adv = baseline.advantages(sr.rewards, sr.emb, sr.paid)
+    if baseline.kind == "loo" and sr.quality is not None:
+        q = sr.quality.view_as(sr.rewards)
+        G = q.shape[1]
+        adv = adv - quality_weight * (q.sum(1, keepdim=True) - q) / (G - 1)
+    return adv
+
+
+# --------------------------------------------------------------------------- TRL-style callables
 
 def register_reward(name: str, fn: RewardFn | None = None):
     """Register ``fn`` under ``name`` (usable as a decorator). Re-registering a name replaces it."""
@@ -59,58 +122,72 @@ def available_rewards() -> list[str]:
 
 
 def prompt_groups(prompts: Sequence[str]) -> list[list[int]]:
-    """Indices of the generations of each distinct prompt, in order of first appearance."""
+    """Indices of the completions of each distinct prompt, in order of first appearance."""
     groups: dict[str, list[int]] = {}
     for i, p in enumerate(prompts):
         groups.setdefault(p, []).append(i)
     return list(groups.values())
 
 
+def _pair_distances(e: torch.Tensor) -> torch.Tensor:
+    """``1 − cos`` of unit rows, clamped to [0, 2], exactly 0 for identical rows."""
+    d = (1 - (e[:, None, :] * e[None, :, :]).sum(-1)).clamp(0.0, 2.0)
+    return torch.where((e[:, None, :] == e[None, :, :]).all(-1), torch.zeros_like(d), d)
+
+
 @register_reward("diversity")
-def diversity_reward(prompts: Sequence[str], generations: Sequence[Sequence[int]], *, embedder,
+def diversity_reward(prompts: Sequence[str], generations: Sequence, *, embedder,
                      empty_value: float = 0.0, **kw) -> list[float]:
-    from divcfg.embedders.diversity import group_diversity
     if len(prompts) != len(generations):
         raise UserError(f"one prompt per generation needed: got {len(prompts)} and {len(generations)}")
-    groups = prompt_groups(prompts)
-    _, loo = group_diversity(embedder, [[generations[i] for i in g] for g in groups], empty_value)
+    emb, valid = embedder.embed_with_mask(list(generations))
     out = [0.0] * len(generations)
-    for g, r in zip(groups, loo):
-        for i, v in zip(g, r.tolist()):
-            out[i] = float(v)
+    for g in prompt_groups(prompts):
+        if len(g) < 2:
+            continue
+        d = _pair_distances(emb[g])
+        v = valid[g]
+        d = torch.where(v[:, None] & v[None, :], d, torch.full_like(d, empty_value))
+        d.fill_diagonal_(0.0)
+        for i, x in zip(g, (d.sum(1) / (len(g) - 1)).tolist()):
+            out[i] = float(x)
     return out
 
 
 @register_reward("alignment")
-def alignment_reward(prompts: Sequence[str], generations: Sequence[Sequence[int]], *, scorer, **kw) -> list[float]:
+def alignment_reward(prompts: Sequence[str], generations: Sequence, *, scorer, **kw) -> list[float]:
     return [float(x) for x in torch.as_tensor(scorer.score(list(prompts), list(generations))).tolist()]
+
+
+register_reward("quality", alignment_reward)
+quality_reward = alignment_reward
 
 
 @register_reward("validity")
 def validity_reward(prompts: Sequence[str], generations: Sequence[Sequence[int]], *, tokenizer,
                     meters: Sequence[str | None] | None = None, **kw) -> list[float]:
-    from divcfg.music.metrics import token_validity
+    from divcfg.domains.music import token_validity_flags
     meters = list(meters) if meters is not None else [None] * len(generations)
-    return [float(token_validity(tokenizer, g, m)["valid"]) for g, m in zip(generations, meters)]
+    return [float(v) for v in token_validity_flags(tokenizer, generations, meters)]
 
 
 def make_diversity_reward(embedder, empty_value: float = 0.0) -> RewardFn:
-    """``diversity_reward`` bound to an embedder (a loaded one or a checkpoint path)."""
-    if not hasattr(embedder, "embed"):
+    """``diversity_reward`` bound to a judge (a loaded one, or a music embedder checkpoint path)."""
+    if not hasattr(embedder, "embed_with_mask"):
         from divcfg.embedders.diversity import load_diversity_embedder
         embedder = load_diversity_embedder(embedder)
     return get_reward("diversity", embedder=embedder, empty_value=empty_value)
 
 
 def make_alignment_reward(scorer) -> RewardFn:
-    """``alignment_reward`` bound to a scorer (a loaded one or a checkpoint path)."""
+    """``alignment_reward`` bound to a judge (a loaded one, or a music scorer checkpoint path)."""
     if not hasattr(scorer, "score"):
         from divcfg.embedders.alignment import load_alignment_scorer
         scorer = load_alignment_scorer(scorer)
     return get_reward("alignment", scorer=scorer)
 
 
-def combine_rewards(funcs: Sequence[RewardFn], prompts: Sequence[str], generations: Sequence[Sequence[int]],
+def combine_rewards(funcs: Sequence[RewardFn], prompts: Sequence[str], generations: Sequence,
                     weights: Sequence[float] | None = None, **kw) -> tuple[list[float], dict[str, list[float]]]:
     """Evaluate each function; return (weighted sum per generation, {name: values})."""
     weights = list(weights) if weights is not None else [1.0] * len(funcs)

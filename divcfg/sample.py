@@ -1,7 +1,12 @@
-"""`divcfg sample`: generate music from a checkpoint for free-text prompts, with or without CFG.
+"""`divcfg sample`: generate from a checkpoint for free-text prompts, with or without CFG.
 
-Writes ``<out>/<prompt-slug>_<i>.mid`` (always) and ``.wav`` (when a General MIDI soundfont is
-installed), plus ``samples.json`` with the prompt, γ, seed, lengths and provenance.
+Any generator plug-in: a divcfg checkpoint of the built-in music model writes
+``<out>/<prompt-slug>_<i>.mid`` (always) and ``.wav`` (when a General MIDI soundfont is installed);
+``hf:PATH`` (a local transformers causal LM, its own tokenizer) writes ``<prompt-slug>_<i>.txt``.
+Both write ``samples.json`` with the prompt, γ, seed, lengths, token ids, the completion files and
+provenance. Prompts come from ``--prompt TEXT`` (repeatable) or ``--prompts FILE`` (every prompt of
+a .txt/.jsonl file). For text models the null condition ∅ of CFG is the empty prompt, or
+``--null-prompt TEXT`` (a negative prompt).
 """
 
 from __future__ import annotations
@@ -14,8 +19,7 @@ import torch
 
 from divcfg.config import arg_type
 from divcfg.errors import UserError
-from divcfg.models.generator import load_generator, tokenizer_path
-from divcfg.prompts import prompts_from_texts
+from divcfg.models.base import check_device, load_generator_any
 from divcfg.provenance import provenance, write_json_atomic
 from divcfg.sampling import sample
 
@@ -24,31 +28,57 @@ def slug(text: str, n: int = 40) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:n] or "prompt"
 
 
-def generate(checkpoint: str, prompts: list[str], gamma: float = 1.0, num_samples: int = 1,
-             temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
-             max_new_tokens: int | None = None, cfg_mode: str = "batched") -> tuple[list[dict], dict]:
-    """Sample ``num_samples`` generations per prompt; returns rows with prompt and token ids."""
+def _check_prompts(texts: list[str]) -> list[str]:
+    for t in texts:
+        if not t or not t.strip():
+            raise UserError("empty prompt: pass a description, e.g. --prompt \"an Irish jig in D major, 6/8\"")
+    return list(texts)
+
+
+def generate_with(generator, prompts: list[str], gamma: float = 1.0, num_samples: int = 1,
+                  temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
+                  max_new_tokens: int | None = None, cfg_mode: str = "batched") -> list[dict]:
+    """Sample ``num_samples`` generations per prompt from a generator plug-in; rows with the prompt,
+    token ids and the decoded completion (token ids for the music model, text for a text LM)."""
     if num_samples < 1:
         raise UserError(f"--num-samples must be at least 1, got {num_samples}")
     if gamma < 0:
         raise UserError(f"--cfg must be >= 0 (1 = no guidance), got {gamma}")
-    model, config = load_generator(checkpoint)
-    p = prompts_from_texts(prompts)
-    cond = p.cond.repeat_interleave(num_samples, dim=0)
-    gen = torch.Generator().manual_seed(seed)
+    prompts = _check_prompts(prompts)
+    model = generator.model
+    device = generator.device
+    cond = generator.encode_prompts(prompts).to(device).repeat_interleave(num_samples, dim=0)
+    gen = torch.Generator(device=device).manual_seed(seed)
     out = sample(model, cond, max_new_tokens=max_new_tokens or model.cfg.max_len - 1, gamma=gamma,
                  temperature=temperature, top_k=top_k, top_p=top_p, cfg_mode=cfg_mode, generator=gen)
-    rows = []
-    for i, seq in enumerate(out.sequences()):
-        rows.append({"prompt": p.texts[i // num_samples], "index": i % num_samples, "tokens": seq,
-                     "finished": bool(out.finished[i]), "length": len(seq)})
-    return rows, config
+    seqs = out.sequences()
+    completions = generator.decode(seqs)
+    return [{"prompt": prompts[i // num_samples], "index": i % num_samples, "tokens": seq,
+             "completion": completions[i], "finished": bool(out.finished[i]), "length": len(seq)}
+            for i, seq in enumerate(seqs)]
+
+
+def generate(checkpoint: str, prompts: list[str], gamma: float = 1.0, num_samples: int = 1,
+             temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
+             max_new_tokens: int | None = None, cfg_mode: str = "batched", device: str = "cpu",
+             null_prompt: str | None = None) -> tuple[list[dict], dict]:
+    """Load ``checkpoint`` (a divcfg checkpoint or ``hf:PATH``) and sample; ``(rows, its record)``."""
+    _check_prompts(prompts)
+    generator = load_generator_any(checkpoint, device, null_prompt=null_prompt)
+    rows = generate_with(generator, prompts, gamma, num_samples, temperature, top_k, top_p, seed,
+                         max_new_tokens, cfg_mode)
+    return rows, {**generator.record, "_dir": str(generator.path)}
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="generator checkpoint or run folder")
-    parser.add_argument("--prompt", action="append", required=True,
+    parser.add_argument("--checkpoint", "--base", dest="checkpoint", required=True,
+                        help="generator: a divcfg checkpoint or run folder, or hf:PATH (a local transformers folder)")
+    parser.add_argument("--prompt", action="append", default=None,
                         help="text prompt (repeat for several), e.g. \"an Irish jig in D major, 6/8\"")
+    parser.add_argument("--prompts", default=None, help="a prompt file instead: .txt one per line, .jsonl with a "
+                        "'prompt' field (every prompt of the file)")
+    parser.add_argument("--null-prompt", default=None, help="text models: the null prompt ∅ of CFG "
+                        "(default: the one stored with a divcfg-fine-tuned folder, else the empty prompt)")
     parser.add_argument("--cfg", type=arg_type(float, ge=0, le=100), default=1.0, dest="gamma",
                         help="guidance scale γ (1 = plain conditional, 0 = unconditional, >1 = CFG)")
     parser.add_argument("--cfg-mode", choices=["batched", "two_pass"], default="batched",
@@ -59,38 +89,39 @@ def add_arguments(parser) -> None:
     parser.add_argument("--top-p", type=arg_type(float, gt=0, le=1), default=1.0, help="nucleus sampling mass (1 = off)")
     parser.add_argument("--max-new-tokens", type=arg_type(int, ge=1), default=None)
     parser.add_argument("--seed", type=arg_type(int, ge=0), default=0)
+    parser.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, mps)")
     parser.add_argument("--out", default="samples", help="output folder")
 
 
 def run(args) -> None:
-    from divcfg.music.render import write_midi, write_wav
-    from divcfg.music.tokenizer import load_tokenizer, tokens_to_score
+    from divcfg.domains.base import domain_for_output
 
-    rows, config = generate(args.checkpoint, args.prompt, args.gamma, args.num_samples, args.temperature,
-                            args.top_k, args.top_p, args.seed, args.max_new_tokens, args.cfg_mode)
-    tok = load_tokenizer(tokenizer_path(config))
+    if args.prompts:
+        from divcfg.domains.text import read_prompt_file
+        texts = read_prompt_file(args.prompts) + list(args.prompt or [])
+    elif args.prompt:
+        texts = list(args.prompt)
+    else:
+        raise UserError("no prompt: pass --prompt TEXT (repeatable) or --prompts FILE")
+    _check_prompts(texts)
+    device = check_device(args.device)
+    generator = load_generator_any(args.checkpoint, device, null_prompt=args.null_prompt)
+    domain = domain_for_output(generator)
+    rows = generate_with(generator, texts, args.gamma, args.num_samples, args.temperature, args.top_k, args.top_p,
+                         args.seed, args.max_new_tokens, args.cfg_mode)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    wav_ok = None
-    for r in rows:
-        stem = out / f"{slug(r['prompt'])}_{r['index']}"
-        score = tokens_to_score(tok, r["tokens"])
-        r["n_notes"] = 0 if score is None else sum(len(t.notes) for t in score.tracks)
-        if score is None or r["n_notes"] == 0:
-            print(f"warning: {stem.name} has no notes (undecodable or empty); no files written for it")
-            continue
-        write_midi(score, stem.with_suffix(".mid"))
-        r["midi"] = str(stem.with_suffix(".mid"))
-        if wav_ok is not False:
-            wav_ok = write_wav(score, stem.with_suffix(".wav"))
-            if wav_ok:
-                r["wav"] = str(stem.with_suffix(".wav"))
-    meta = {"checkpoint": config["_dir"], "gamma": args.gamma, "cfg_mode": args.cfg_mode,
-            "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
+    files = domain.write(out, rows, generator)
+    meta = {"checkpoint": str(generator.path), "generator": generator.kind, "gamma": args.gamma,
+            "cfg_mode": args.cfg_mode, "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
+            "null_prompt": getattr(generator, "null_prompt", None), "device": str(device),
             "provenance": provenance(args.seed, stage="sample"),
             "samples": [{k: v for k, v in r.items() if k != "tokens"} | {"tokens": r["tokens"]} for r in rows]}
+    if generator.kind != "hf":
+        for s in meta["samples"]:
+            s.pop("completion", None)    # the token ids again
     write_json_atomic(out / "samples.json", meta)
-    n_files = sum(1 for r in rows if "midi" in r)
-    print(f"wrote {n_files} MIDI{' + WAV' if wav_ok else ''} file(s) to {out}/ "
+    kinds = sorted({Path(f).suffix.lstrip(".").upper() for f in files})
+    print(f"wrote {len(files)} file(s) ({' + '.join(kinds) or 'none'}) to {out}/ "
           f"(γ={args.gamma}, mean length {sum(r['length'] for r in rows) / len(rows):.0f} tokens)")
-    print(json.dumps([{"file": r.get("midi"), "notes": r["n_notes"], "finished": r["finished"]} for r in rows]))
+    print(json.dumps([{"file": r.get("file"), "finished": r["finished"]} for r in rows]))

@@ -194,7 +194,7 @@ def test_user_errors_and_nan_guard(data_dir, base_ckpt, tmp_path):
 
 def test_in_key_rate_on_real_tunes(data_dir):
     """The quick evaluation's key check: real tunes are mostly in the key their metadata names."""
-    from divcfg.finetune import in_key_rate, key_pitch_class
+    from divcfg.domains.music import in_key_rate, key_pitch_class
     from divcfg.music.corpus import load_split
     from divcfg.music.tokenizer import load_tokenizer
     assert key_pitch_class("F# minor") == (6, "minor") and key_pitch_class("Gb minor") == (6, "minor")
@@ -211,7 +211,7 @@ def test_in_key_rate_on_real_tunes(data_dir):
 def test_meter_gate_pays_only_generations_in_the_requested_meter(data_dir):
     """``reward_valid``: real tunes in their own meter are paid; the same tunes asked for another
     meter are not (under 'meter'), while 'empty' pays every decodable tune either way."""
-    from divcfg.finetune import TrainPrompts, reward_valid
+    from divcfg.domains.music import TrainPrompts, reward_valid
     from divcfg.music.corpus import load_split
     from divcfg.music.tokenizer import load_tokenizer
     tok = load_tokenizer(data_dir)
@@ -230,8 +230,8 @@ def test_meter_gate_pays_only_generations_in_the_requested_meter(data_dir):
     assert not reward_valid(embedded, seqs, own, "meter", tok)[0]
     # training prompts carry the meter of the piece their caption describes
     prompts = TrainPrompts(data_dir)
-    texts, cond, meters = prompts.draw(6, random.Random(0))
-    assert len(texts) == len(meters) == cond.shape[0] == 6
+    texts, meters = prompts.draw(6, random.Random(0))
+    assert len(texts) == len(meters) == 6
     assert all(m is None or "/" in m for m in meters)
 
 

@@ -10,6 +10,7 @@ A domain provides:
 - ``prompts(split, generator, limit, seed)``: a :class:`divcfg.prompts.Prompts` of ``val``/``test``
   (texts, the generator's conditions, metadata, ids), the same subset for every system;
 - ``condition(generator, texts)``: the conditions of free texts for that generator;
+- ``prepare_generator(generator)``: check the generator suits the domain, give it what it lacks;
 - ``judges(...)``: the diversity embedder and the quality scorer (``divcfg.judges.base``), with the
   user's ``module:function`` judges in place of the defaults where given;
 - ``reward_gates`` and ``reward_valid(gate, completions, infos, embedded)``: which generations may earn
@@ -48,6 +49,7 @@ class PromptPool(Protocol):
 class Domain(Protocol):
     name: str
     reward_gates: tuple[str, ...]
+    quality_name: str                    # the quality figure's name in metrics ("alignment", "quality")
     eval_figures: tuple[str, ...]        # independent diversity figures (per-prompt means) in the table
     eval_extra_columns: tuple[str, ...]  # further per-system columns (from ``summary_extras``)
 
@@ -56,6 +58,8 @@ class Domain(Protocol):
     def prompts(self, split: str, generator, limit: int | None = None, seed: int = 0): ...
 
     def condition(self, generator, texts: Sequence[str]) -> torch.Tensor: ...
+
+    def prepare_generator(self, generator) -> None: ...
 
     def judges(self, *, embedder: str = "", scorer: str = "", diversity_judge: str = "",
                quality_judge: str = "", device: str = "cpu", need: tuple[str, ...] = ("diversity", "quality"),
@@ -103,3 +107,13 @@ def load_domain(prompts_file: str = "", data_dir: str = "", generator_spec: str 
                         "(.txt one prompt per line, or .jsonl with a 'prompt' field)")
     from divcfg.domains.music import MusicDomain
     return MusicDomain(data_dir)
+
+
+def domain_for_output(generator) -> Domain:
+    """The domain whose writer suits a generator's completions, without prompts or judges
+    (``divcfg sample``): text files for text LMs, MIDI/WAV for the built-in music model."""
+    if getattr(generator, "completion_kind", "tokens") == "text":
+        from divcfg.domains.text import TextDomain
+        return TextDomain(None)
+    from divcfg.domains.music import MusicDomain
+    return MusicDomain(None)

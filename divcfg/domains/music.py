@@ -61,6 +61,12 @@ def reward_valid(embed_valid: torch.Tensor, seqs: list[list[int]], meters: list[
     return embed_valid & ok.to(embed_valid.device)
 
 
+def token_validity_flags(tokenizer, generations, meters) -> list[bool]:
+    """``metrics.token_validity(...)["valid"]`` of each generation (decodes, has notes, keeps the meter)."""
+    from divcfg.music.metrics import token_validity
+    return [bool(token_validity(tokenizer, g, m)["valid"]) for g, m in zip(generations, meters)]
+
+
 def key_pitch_class(key: str | None) -> tuple[int, str] | None:
     """``"F# minor"`` -> ``(6, "minor")``; None for missing or unparsable keys."""
     from divcfg.music.captions import FLAT_NAMES, SHARP_NAMES
@@ -96,9 +102,12 @@ def in_key_rate(tokenizer, seqs: list[list[int]], requested: list[str | None]) -
 class MusicDomain:
     name = "music"
     reward_gates = ("empty", "meter")
+    quality_name = "alignment"
 
-    def __init__(self, data_dir: str | Path):
-        self.data_dir = check_data_dir(data_dir)
+    def __init__(self, data_dir: str | Path | None):
+        """``data_dir`` (a data set built by ``divcfg data``) is needed for prompts and the corpus
+        reference; ``divcfg sample`` writes MIDI from the checkpoint's own tokenizer without one."""
+        self.data_dir = check_data_dir(data_dir) if data_dir is not None else None
         self._tokenizer = None
         self._tokenizer_file: Path | None = None
 
@@ -122,9 +131,20 @@ class MusicDomain:
 
     # ---------------------------------------------------------------- judges
 
+    def prepare_generator(self, generator) -> None:
+        """A checkpoint without its own tokenizer.json gets the data set's (copied into the run)."""
+        self._check_generator(generator)
+        if generator.tokenizer_file is None:
+            generator.tokenizer_file = self.data_dir / "tokenizer.json"
+
     def tokenizer(self, generator=None):
         """The REMI tokenizer of the generator's checkpoint (else the data set's)."""
-        tok_file = getattr(generator, "tokenizer_file", None) or self.data_dir / "tokenizer.json"
+        tok_file = getattr(generator, "tokenizer_file", None)
+        if tok_file is None:
+            if self.data_dir is None:
+                raise UserError("the checkpoint has no tokenizer.json: pass --data-dir with the data set it was "
+                                "trained on")
+            tok_file = self.data_dir / "tokenizer.json"
         if self._tokenizer is None or tok_file != self._tokenizer_file:
             from divcfg.music.tokenizer import load_tokenizer
             self._tokenizer, self._tokenizer_file = load_tokenizer(tok_file), tok_file

@@ -83,12 +83,14 @@ def distinct_2(completions: Sequence[str]) -> float:
 class TextDomain:
     name = "text"
     reward_gates = ("empty",)
+    quality_name = "quality"
     eval_figures = ("distinct_2",)
     eval_extra_columns: tuple[str, ...] = ()
 
-    def __init__(self, prompts_file: str | Path):
-        self.file = Path(prompts_file)
-        self.all = read_prompt_file(self.file)
+    def __init__(self, prompts_file: str | Path | None):
+        """``prompts_file`` None: a domain for writing outputs only (no prompts)."""
+        self.file = Path(prompts_file) if prompts_file is not None else None
+        self.all = read_prompt_file(self.file) if self.file is not None else []
         self.by_split = {s: [t for t in self.all if split_of(t) == s] for s in SPLITS}
 
     def split(self, split: str) -> list[str]:
@@ -120,12 +122,16 @@ class TextDomain:
         return user_or_default_judges(diversity_judge, quality_judge, lambda: MiniLMDiversity(device),
                                       lambda: PromptSimilarityQuality(device), need)
 
-    def reward_valid(self, gate: str, completions: list, infos: list, embedded: torch.Tensor) -> torch.Tensor:
+    def prepare_generator(self, generator) -> None:
+        """Nothing to add: a text LM's plug-in carries its tokenizer."""
+
+    def reward_valid(self, gate: str, completions: list, infos: list, embedded: torch.Tensor,
+                     generator=None) -> torch.Tensor:
         if gate != "empty":
             raise UserError(f"--reward-gate {gate} is a music gate: the text domain has only 'empty'")
         return embedded
 
-    def quick_figures(self, completions: list, prompts, G: int) -> dict[str, float]:
+    def quick_figures(self, completions: list, prompts, G: int, generator=None) -> dict[str, float]:
         return {"distinct_2": distinct_2(completions)}
 
     # ---------------------------------------------------------------- evaluation

@@ -51,6 +51,7 @@ class GeneratorPlugin:
     stage that wrote it: pretrain / finetune γ, β / merge λ, provenance), ``{}`` when none."""
 
     kind = "generator"
+    completion_kind = "tokens"   # what ``decode`` returns: "tokens" (id lists) or "text"
 
     def __init__(self, model: torch.nn.Module, path: Path, record: dict):
         self.model = model

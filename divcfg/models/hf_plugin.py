@@ -89,6 +89,7 @@ def resolve_hf_dir(path: str | os.PathLike) -> Path:
 
 class HFGenerator(GeneratorPlugin):
     kind = "hf"
+    completion_kind = "text"
 
     def __init__(self, gen: HFCausalLMGenerator, tokenizer, path: Path, record: dict, null_prompt: str):
         super().__init__(gen, path, record)
