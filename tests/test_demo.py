@@ -16,7 +16,21 @@ def test_tiny_demo_end_to_end(tmp_path):
     record = json.loads((root / "demo.json").read_text())
     assert set(record["stages"]) >= {"data", "pretrain", "embedder", "scorer", "gamma", "finetune_beta0",
                                      "finetune_beta", "evaluate", "report"}
-    assert record["gamma_star"] in (1.0, 1.5, 2.0) and record["provenance"]["git_commit"]
+    assert record["provenance"]["git_commit"]
+    # γ* is the swept γ with the best validation alignment, and the students were distilled from it
+    sweep = json.loads((root / "gamma_sweep" / "results.json").read_text())
+    by_gamma = {float(s["gamma"]): float(s["quality"]) for s in sweep["systems"]
+                if s["family"] in ("base", "cfg") and float(s.get("temperature", 1.0)) == 1.0}
+    assert set(by_gamma) == {1.0, 1.5, 2.0}
+    assert by_gamma[record["gamma_star"]] == max(by_gamma.values())
+    for student in ("ft_beta0", "ft_beta15"):
+        assert json.loads((root / student / "checkpoint" / "config.json").read_text())["gamma"] == record["gamma_star"]
+    # every training stage finished (marker) and reached its planned steps: none was cut short
+    for name, folder in (("pretrain", "base"), ("embedder", "embedder"), ("scorer", "scorer"),
+                         ("finetune_beta0", "ft_beta0"), ("finetune_beta", "ft_beta15")):
+        marker = json.loads((root / folder / "DONE.json").read_text())
+        assert marker["finished"] and marker["steps_done"] == marker["steps_planned"] > 0, folder
+        assert record["stages"][name]["cut_short"] is None
     results = json.loads((root / "eval" / "results.json").read_text())
     families = {s["family"] for s in results["systems"]}
     assert {"base", "cfg", "temperature", "finetuned", "merge"} <= families
@@ -26,3 +40,9 @@ def test_tiny_demo_end_to_end(tmp_path):
     r2 = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert r2.returncode == 0, r2.stderr[-2000:]
     assert r2.stdout.count("cached, skipped") == 8
+    # a stage without its completion marker is not cached: it is resumed, the others stay cached
+    (root / "embedder" / "DONE.json").unlink()
+    r3 = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert r3.returncode == 0, r3.stderr[-2000:]
+    assert "embedder: resuming" in r3.stdout and r3.stdout.count("cached, skipped") == 7
+    assert json.loads((root / "embedder" / "DONE.json").read_text())["finished"] is True
