@@ -13,3 +13,16 @@ def tiny_data_dir(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("data")
     return build("tiny", root, workers=2, quiet=True)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """How many fuzzed CLI invocations ran (tests/test_cli_fuzz.py) and how they ended."""
+    import sys
+    fuzz = sys.modules.get("test_cli_fuzz") or sys.modules.get("tests.test_cli_fuzz")
+    runs = getattr(fuzz, "INVOCATIONS", None)
+    if not runs:
+        return
+    ok = sum(1 for _, code, _ in runs if code == 0)
+    one_line = sum(1 for _, code, line in runs if code == 2 and line)
+    terminalreporter.write_line(f"fuzzed CLI invocations: {len(runs)} (exit 0: {ok}, exit 2 with one error line: "
+                                f"{one_line}, other: {len(runs) - ok - one_line})")
