@@ -98,7 +98,8 @@ def runners(args, model, device, bf16: bool) -> dict:
                                          pad_token_id=c.pad_id, eos_token_id=c.eos_id, **kw)
             return run
         out["HF generate plain"] = hf()
-        out["HF generate CFG (guidance_scale)"] = hf(guidance_scale=g, negative_prompt_ids=negative)
+        out["HF generate CFG (guidance_scale)"] = hf(guidance_scale=g, negative_prompt_ids=negative,
+                                                     negative_prompt_attention_mask=torch.ones_like(negative))
     if args.no_cache_length:
         out[f"divcfg plain, no KV cache (length {args.no_cache_length})"] = divcfg(
             gamma=1.0, use_cache=False, length=args.no_cache_length)

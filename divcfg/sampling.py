@@ -78,6 +78,7 @@ def filter_logprobs(logp: torch.Tensor, temperature: float = 1.0, top_k: int = 0
 
 
 SYNC_EVERY = 16  # on an accelerator, steps between checks of "every row finished"
+CHECK_EVERY = {"cpu": 1}  # per device type; a check reads the device (free on the CPU)
 
 
 def bf16_supported(device_type: str = "cpu") -> bool:
@@ -178,7 +179,7 @@ def sample(model, cond: torch.Tensor, *, max_new_tokens: int, temperature: float
 
     filtered = bool(top_k) or top_p < 1.0
     inv_temp = 1.0 / temperature
-    check_every = 1 if device.type == "cpu" else SYNC_EVERY
+    check_every = CHECK_EVERY.get(device.type, SYNC_EVERY)
     bias = bias_no_eos = None
     step_tokens = tokens
     with _autocast(device.type, precision.autocast_dtype):
