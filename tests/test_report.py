@@ -106,7 +106,13 @@ def _open_in_chromium(folder: Path, page: str, tmp_path: Path) -> tuple[str, lis
     return proc.stdout, console, list(server.requests)
 
 
-chromium = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium is not installed")
+def chromium(test):
+    """Browser tests need the Chromium that `make` installs: without it they fail, they do not skip."""
+    @functools.wraps(test)
+    def needs_chromium(*args, **kwargs):
+        assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: run `make` (it installs Debian's chromium)"
+        return test(*args, **kwargs)
+    return needs_chromium
 
 
 @chromium

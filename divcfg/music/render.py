@@ -1,4 +1,5 @@
-"""Listening: a ``symusic.Score`` to MIDI, to WAV (General MIDI soundfont), to a piano-roll PNG.
+"""Listening: a ``symusic.Score`` to MIDI and to WAV (General MIDI soundfont). Piano-roll pictures
+are drawn by ``divcfg.report.piano_roll_png``.
 
 Audio uses symusic 0.5.9's built-in synthesiser (prestosynth) with a General MIDI soundfont:
 ``$DIVCFG_SOUNDFONT`` if set, else the first of ``SOUNDFONT_CANDIDATES`` that exists (Debian's
@@ -99,45 +100,3 @@ def write_wav(score, path: str | os.PathLike, sample_rate: int = 22050, qpm: flo
         w.setframerate(int(sample_rate))
         w.writeframes(pcm.tobytes())
     return True
-
-
-def piano_roll_png(score, path: str | os.PathLike, title: str | None = None, max_beats: float | None = None) -> Path:
-    """A piano-roll picture: one bar per note (x = time in quarter notes, y = MIDI pitch),
-    thin grey lines at bar starts when the score has time signatures."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.collections import PolyCollection
-
-    from divcfg.music.tokenizer import score_notes
-
-    notes = score_notes(score)
-    if max_beats is not None:
-        notes = [n for n in notes if n[0] < max_beats]
-    end = max((o + d for o, _, d in notes), default=4.0)
-    fig, ax = plt.subplots(figsize=(min(16, 2 + end / 6), 3), dpi=100)
-    polys = [[(o, p - 0.4), (o + d, p - 0.4), (o + d, p + 0.4), (o, p + 0.4)] for o, p, d in notes]
-    ax.add_collection(PolyCollection(polys, facecolors="#2b6cb0", edgecolors="none"))
-    # bar lines from the time signatures
-    tpq = score.ticks_per_quarter
-    sigs = [(ts.time / tpq, ts.numerator * 4 / ts.denominator) for ts in score.time_signatures]
-    for i, (t0, bar) in enumerate(sigs):
-        t1 = sigs[i + 1][0] if i + 1 < len(sigs) else end
-        t = t0
-        while t < t1 and bar > 0:
-            ax.axvline(t, color="#cccccc", lw=0.5, zorder=0)
-            t += bar
-    pitches = [p for _, p, _ in notes] or [60]
-    ax.set_xlim(0, end)
-    ax.set_ylim(min(pitches) - 2, max(pitches) + 2)
-    ax.set_xlabel("quarter notes")
-    ax.set_ylabel("MIDI pitch")
-    if title:
-        ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
