@@ -126,12 +126,8 @@ def evaluate(cfg: EvalConfig) -> dict:
 
 
 def _autocast_ok(cfg: EvalConfig, device: torch.device) -> bool:
-    if not cfg.bf16:
-        return False
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    from divcfg.pretrain import bf16_supported
-    return device.type == "cpu" and bf16_supported()
+    from divcfg.sampling import bf16_supported
+    return bool(cfg.bf16) and bf16_supported(device.type)
 
 
 def _evaluate(cfg: EvalConfig) -> dict:
