@@ -30,17 +30,25 @@ def setup(tiny_data_dir, tmp_path_factory):
 
 
 def test_diversity_reward_is_leave_one_out_within_each_prompt(setup):
-    from divcfg.embedders.diversity import group_diversity, load_diversity_embedder
+    from divcfg.embedders.diversity import load_diversity_embedder
     f = R.make_diversity_reward(setup["E"])
     ys = [p["tokens"] for p in setup["pieces"]]
     prompts = ["a", "b", "a", "b", "a", "c"]              # groups {0,2,4}, {1,3}, {5}
     r = f(prompts, ys)
     assert f.__name__ == "diversity" and len(r) == 6
+    # the definition, from embeddings taken one generation at a time (no batching shared with the reward):
+    # r_i = mean over the j != i of i's prompt of (1 - cos(e_i, e_j)); alone with its prompt: 0
     E = load_diversity_embedder(setup["E"])
-    _, loo = group_diversity(E, [[ys[0], ys[2], ys[4]], [ys[1], ys[3]], [ys[5]]])
-    assert [r[0], r[2], r[4]] == pytest.approx(loo[0].tolist(), abs=1e-6)
-    assert [r[1], r[3]] == pytest.approx(loo[1].tolist(), abs=1e-6)
-    assert r[5] == 0.0                                    # alone with its prompt: nothing to compare
+    with torch.no_grad():
+        e = [E.embed([y])[0] for y in ys]
+
+    def loo(i):
+        js = [j for j in range(6) if j != i and prompts[j] == prompts[i]]
+        return sum(1 - float(e[i] @ e[j]) for j in js) / len(js) if js else 0.0
+
+    expected = [loo(i) for i in range(6)]
+    assert r == pytest.approx(expected, abs=1e-5)
+    assert min(expected[:5]) > 1e-4 and expected[5] == 0.0  # real distances are compared, not zeros
     # an empty generation earns nothing and gives its partner nothing either
     assert f(["x", "x"], [[], ys[0]]) == [0.0, 0.0]
     # identical generations: zero diversity
@@ -51,11 +59,18 @@ def test_alignment_reward_matches_the_scorer(setup):
     from divcfg.embedders.alignment import load_alignment_scorer
     f = R.make_alignment_reward(setup["S"])
     ps = setup["pieces"][:3]
-    prompts, gens = [p["captions"][0] for p in ps] + ["x"], [p["tokens"] for p in ps] + [[]]
+    # equal lengths: the scorer's music tower is not exactly padding-invariant (a padded batch adds a
+    # partly padded conv window), so only unpadded rows can be compared with one-at-a-time scores
+    prompts, gens = [p["captions"][0] for p in ps] + ["x"], [p["tokens"][:160] for p in ps] + [[]]
     with pytest.warns(UserWarning):
         r = f(prompts, gens)
-    expected = load_alignment_scorer(setup["S"]).score(prompts[:3], gens[:3]).tolist()
-    assert r[:3] == pytest.approx(expected, abs=1e-6) and r[3] == -1.0
+    # the definition, one (prompt, generation) pair at a time: cos(text(prompt), music(generation))
+    S = load_alignment_scorer(setup["S"]).eval()
+    with torch.no_grad():
+        expected = [float(torch.nn.functional.cosine_similarity(S.encode_text([t]), S.music_embed(S.pad_batch([g]))))
+                    for t, g in zip(prompts[:3], gens[:3])]
+    assert r[:3] == pytest.approx(expected, abs=1e-5) and r[3] == -1.0
+    assert len({round(x, 4) for x in expected}) == 3  # three different scores: the order is checked too
 
 
 def test_validity_reward(setup):
