@@ -69,8 +69,9 @@ def token_divergence(student_logp: torch.Tensor, teacher_logp: torch.Tensor, kin
 
     ``kind``: ``reverse_kl`` = KL(student‖teacher), ``forward_kl`` = KL(teacher‖student),
     ``jsd`` = generalised JSD with TRL's β convention (0 → forward KL, 1 → reverse KL).
+    The teacher is a fixed target: no gradient flows into ``teacher_logp``.
     """
-    s, t = student_logp.float(), teacher_logp.float()
+    s, t = student_logp.float(), teacher_logp.detach().float()
     if kind == "reverse_kl":
         return _kl_rows(s, t)
     if kind == "forward_kl":

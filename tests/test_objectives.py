@@ -100,12 +100,21 @@ def test_jsd_matches_trl_conventions(beta):
             distillation_loss(F.log_softmax(sl, -1), F.log_softmax(tl, -1), mask, "reverse_kl").item(), rel=1e-6)
 
 
-def test_kl_gradient_flows_to_student_only():
+@pytest.mark.parametrize("kind", ["reverse_kl", "forward_kl", "jsd"])
+def test_kl_gradient_flows_to_student_only(kind):
+    torch.manual_seed(0)
     sl = torch.randn(2, 3, 5, requires_grad=True)
-    tl = torch.randn(2, 3, 5)
-    loss = distillation_loss(F.log_softmax(sl, -1), F.log_softmax(tl, -1), torch.ones(2, 3, dtype=torch.bool))
+    tl = torch.randn(2, 3, 5, requires_grad=True)  # even a teacher that could take gradients gets none
+    mask = torch.tensor([[True, True, False], [True, False, False]])
+    loss = distillation_loss(F.log_softmax(sl, -1), F.log_softmax(tl, -1), mask, kind)
     loss.backward()
-    assert sl.grad.abs().sum() > 0
+    assert tl.grad is None
+    assert sl.grad[mask].abs().sum() > 0 and sl.grad[~mask].abs().sum() == 0  # masked positions get none
+    if kind == "reverse_kl":  # d KL(p‖q) / d logits = p ⊙ (log p − log q − KL), over the 3 unmasked tokens
+        logp, logq = F.log_softmax(sl, -1).detach(), F.log_softmax(tl, -1).detach()
+        kl = (logp.exp() * (logp - logq)).sum(-1, keepdim=True)
+        expected = logp.exp() * (logp - logq - kl) * mask[..., None] / mask.sum()
+        assert torch.allclose(sl.grad, expected, atol=1e-6)
 
 
 def test_entropy_and_sequence_logprobs():
