@@ -75,8 +75,10 @@ class CallableEmbedder:
         completions = list(completions)
         if not completions:
             return torch.zeros(0, 1), torch.zeros(0, dtype=torch.bool)
-        emb = torch.as_tensor(self.fn(completions) if not torch.is_tensor(completions) else self.fn(completions))
-        emb = emb.detach().float().cpu()
+        raw = self.fn(completions)
+        if isinstance(raw, (list, tuple)) and raw and torch.is_tensor(raw[0]):
+            raw = torch.stack([torch.as_tensor(r).detach().float().cpu() for r in raw])
+        emb = torch.as_tensor(raw).detach().float().cpu()
         if emb.dim() != 2 or emb.shape[0] != len(completions):
             raise UserError(f"diversity judge {self.name} returned shape {tuple(emb.shape)} for "
                             f"{len(completions)} completions: return one vector per completion (N, D)")
