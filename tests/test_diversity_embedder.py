@@ -133,11 +133,43 @@ def test_info_nce_prefers_matching_pairs():
 
 
 def test_positive_chunks_do_not_overlap(pieces):
+    """Each view is located in its piece (an exact match of the rolls of every quarter-grid window),
+    and the two views of a pair start at least one chunk apart."""
     cfg = EmbedderConfig(vit="tiny", chunk_steps=32)
-    sampler = PairSampler(pieces["train"], cfg, augment=None, seed=0)
-    x = sampler.batch(16)
-    assert x.shape == (32, 2, 88, 32)
-    assert not torch.equal(x[0], x[1])
+    length = cfg.chunk_beats
+
+    def window_starts(notes) -> dict[bytes, list[float]]:
+        notes = pr.canonical_key(notes) if cfg.canonical_key else notes
+        table: dict[bytes, list[float]] = {}
+        for s in np.arange(0.0, pr.length_beats(notes) - length + 1e-9, 1.0):  # no bar lengths: a quarter grid
+            roll = pr.rasterize(pr.window(notes, float(s), length), 0, cfg.chunk_steps, cfg.spec)
+            table.setdefault(roll.tobytes(), []).append(float(s))
+        return table
+
+    # two long pieces whose windows all differ, so that a view names its start unambiguously
+    chosen, tables = [], []
+    for notes in pieces["train"]:
+        if pr.length_beats(notes) >= 3 * length:
+            table = window_starts(notes)
+            if all(len(v) == 1 for v in table.values()):
+                chosen.append(notes)
+                tables.append(table)
+        if len(chosen) == 2:
+            break
+    assert len(chosen) == 2
+    sampler = PairSampler(chosen, cfg, augment=None, seed=0)
+    pairs = set()
+    for _ in range(30):
+        x = sampler.batch(2)
+        assert x.shape == (4, 2, 88, 32)
+        for b in range(2):
+            a, c = x[2 * b].numpy().tobytes(), x[2 * b + 1].numpy().tobytes()
+            table = next((t for t in tables if a in t and c in t), None)
+            assert table is not None, "a view is not a window of its piece"
+            (start_a,), (start_c,) = table[a], table[c]
+            assert abs(start_a - start_c) >= length, (start_a, start_c)
+            pairs.add((start_a, start_c))
+    assert len(pairs) >= 5  # the windows are drawn at varied places, in either order
 
 
 def test_cli_train_and_eval(tiny_data_dir, tmp_path, capsys):
