@@ -74,3 +74,27 @@ def test_sample_cli_user_errors_are_one_line(tiny_base, args, message):
 def test_unknown_data_dir_is_one_line_error(tmp_path):
     r = _cli("pretrain", "--data-dir", str(tmp_path / "missing"), "--out", str(tmp_path / "o"))
     assert r.returncode == 2 and "divcfg data" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_time_cap_cuts_a_run_short_and_records_it(tiny_data_dir, tmp_path, capfd):
+    """Presets are bounded by steps; max_minutes is a safety cap. A run the cap stops before
+    max_steps is finished (DONE.json) but recorded as cut short, with one warning line."""
+    from divcfg.stages import is_finished, read_marker
+    train(_cfg(tiny_data_dir, tmp_path, max_steps=100_000, max_minutes=0.001, eval_every=1000, ckpt_every=1000))
+    marker = read_marker(tmp_path)
+    assert is_finished(tmp_path)
+    cut = marker["cut_short"]
+    assert 1 <= cut["steps_done"] < cut["steps_planned"] == 100_000 and cut["cap_minutes"] == 0.001
+    assert marker["steps_done"] == cut["steps_done"] and marker["steps_planned"] == 100_000
+    _, config = load_generator(tmp_path)
+    assert config["cut_short"] == cut and config["step"] == cut["steps_done"]
+    warnings = [line for line in capfd.readouterr().err.splitlines() if "CUT SHORT" in line]
+    assert len(warnings) == 1 and "pretrain" in warnings[0]
+
+
+def test_step_bounded_run_is_not_cut_short(tiny_data_dir, tmp_path):
+    from divcfg.stages import read_marker
+    train(_cfg(tiny_data_dir, tmp_path, max_steps=5, max_minutes=60.0, eval_every=5, ckpt_every=5))
+    marker = read_marker(tmp_path)
+    assert marker["finished"] and marker["cut_short"] is None and marker["steps_done"] == 5
+
