@@ -224,3 +224,25 @@ def test_judge_trainers_stop_on_non_finite_loss(tiny_data_dir):
     with pytest.raises(UserError, match="non-finite loss"):
         train_scorer(load_split(tiny_data_dir, "train")[:40], tok, make_config(tok, "tiny"), steps=20, minutes=0,
                      batch_size=8, lr=float("inf"), progress=False, data_dir=tiny_data_dir)
+
+
+# --------------------------------------------------------------------------- no code execution on --resume
+
+class _RunsCode:
+    def __reduce__(self):
+        return (os.system, ("echo pwned > /dev/null",))
+
+
+def test_training_state_with_code_is_refused(tmp_path):
+    """Training state is read with weights_only=True: tensors and plain data load, a pickled
+    callable is refused with a one-line error instead of being run."""
+    from divcfg.checkpoint import load_training_state, save_checkpoint
+    from divcfg.errors import UserError
+    rng = random.Random(3)
+    plain = {"step": 7, "python_rng": rng.getstate(), "torch_rng": torch.get_rng_state(), "queue": [[1, 2]]}
+    save_checkpoint(tmp_path / "ok", {"w": torch.zeros(2)}, {"kind": "x"}, plain)
+    state = load_training_state(tmp_path / "ok")
+    assert state["step"] == 7 and tuple(state["python_rng"][1]) == rng.getstate()[1]
+    save_checkpoint(tmp_path / "bad", {"w": torch.zeros(2)}, {"kind": "x"}, {"step": 1, "x": _RunsCode()})
+    with pytest.raises(UserError, match="refused"):
+        load_training_state(tmp_path / "bad")
