@@ -8,6 +8,9 @@ prompt, printed side by side (same prompts per step, so G=4 is twice the batch).
 Each G runs in its own child process (so ``ru_maxrss``, the peak resident memory, belongs to that
 configuration alone) through the real training loop (``divcfg.finetune.finetune``); the first
 ``--warmup`` steps are dropped from the means. The output says which base/embedder/data were used.
+``--reference`` adds a G=2 run with the sampler as it was before the speed work
+(``benchmarks/reference_sampler.py``, swapped in for ``divcfg.sampling.sample`` in that child).
+No TRL peer: TRL is not a dependency of this project.
 """
 
 from __future__ import annotations
@@ -63,6 +66,11 @@ def child(args) -> None:
     """Run a few real training steps with G = args.child and print one JSON line of means."""
     import torch
 
+    if args.reference_sampler:  # before importing the loop, so it binds the old sampler
+        import divcfg.sampling
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+        from reference_sampler import reference_sample
+        divcfg.sampling.sample = reference_sample
     from divcfg.finetune import FinetuneConfig, finetune
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as d:
@@ -70,7 +78,7 @@ def child(args) -> None:
                              gamma=args.gamma, beta=1.0, group_size=args.child, prompts_per_step=args.prompts,
                              max_new_tokens=args.max_new_tokens, max_steps=args.steps + args.warmup,
                              max_minutes=0.0, eval_every=0, eval_prompts=2, eval_max_new_tokens=8,
-                             eval_teacher=False, ckpt_every=0, threads=args.threads, updates_per_batch=1,
+                             eval_teacher=False, ckpt_every=10**6, threads=args.threads, updates_per_batch=1,
                              preset="bench")
         finetune(cfg, progress=False)
         rows = [json.loads(line) for line in open(Path(d) / "ft" / "metrics.jsonl") if '"time/step"' in line]
@@ -92,7 +100,10 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=4, help="measured steps per G")
     p.add_argument("--warmup", type=int, default=1, help="unmeasured first steps")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core machine)")
+    p.add_argument("--reference", action="store_true",
+                   help="also run G=2 with the sampler as it was before the speed work")
     p.add_argument("--child", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--reference-sampler", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         return child(args)
@@ -117,28 +128,34 @@ def main() -> None:
           f"bf16={bf16_supported()}, {args.steps} measured steps after {args.warmup} warm-up; "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (timings are contended above that)")
     results = {}
-    for G in (2, 4):
+    runs = [(2, "G=2", False), (4, "G=4", False)] + ([(2, "G=2 before", True)] if args.reference else [])
+    for G, label, ref in runs:
         t0 = time.time()
         cmd = [sys.executable, __file__, "--child", str(G), "--base", args.base, "--embedder", args.embedder,
                "--data-dir", str(data_dir), "--gamma", str(args.gamma), "--prompts", str(args.prompts),
                "--max-new-tokens", str(args.max_new_tokens), "--steps", str(args.steps), "--warmup",
-               str(args.warmup), "--threads", str(args.threads)]
+               str(args.warmup), "--threads", str(args.threads)] + (["--reference-sampler"] if ref else [])
         out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
         line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
         if line is None:
-            sys.exit(f"error: the G={G} run failed: {out.stderr.strip().splitlines()[-1] if out.stderr else '?'}")
-        results[G] = json.loads(line[7:])
-        print(f"  G={G} done in {time.time() - t0:.0f} s")
+            sys.exit(f"error: the {label} run failed: {out.stderr.strip().splitlines()[-1] if out.stderr else '?'}")
+        results[label] = json.loads(line[7:])
+        print(f"  {label} done in {time.time() - t0:.0f} s")
     rows = [("samples per step", "samples_per_step", "{:.0f}"), ("mean generated length", "completions/mean_length", "{:.0f}"),
             ("sampling  s/step", "time/sampling", "{:.3f}"), ("teacher   s/step", "time/teacher", "{:.3f}"),
             ("reward    s/step", "time/reward", "{:.3f}"), ("update    s/step", "time/update", "{:.3f}"),
             ("total     s/step", "time/step", "{:.3f}"), ("tokens/s (generated)", "tokens_per_s", "{:.0f}"),
             ("peak RSS MiB", "peak_rss_mib", "{:.0f}")]
-    print(f"\n{'':24s}{'G=2':>10s}{'G=4':>10s}{'G4/G2':>8s}")
+    before = "G=2 before" in results
+    print(f"\n{'':24s}{'G=2':>10s}{'G=4':>10s}{'G4/G2':>8s}" + (f"{'G=2 before':>12s}{'G2/before':>10s}" if before else ""))
     for label, key, fmt in rows:
-        a, b = results[2][key], results[4][key]
-        print(f"{label:24s}{fmt.format(a):>10s}{fmt.format(b):>10s}{b / a if a else float('nan'):>8.2f}")
-    share = {k: results[2][f"time/{k}"] / results[2]["time/step"] for k in ("sampling", "teacher", "reward", "update")}
+        a, b = results["G=2"][key], results["G=4"][key]
+        line = f"{label:24s}{fmt.format(a):>10s}{fmt.format(b):>10s}{b / a if a else float('nan'):>8.2f}"
+        if before:
+            r = results["G=2 before"][key]
+            line += f"{fmt.format(r):>12s}{a / r if r else float('nan'):>10.2f}"
+        print(line)
+    share = {k: results["G=2"][f"time/{k}"] / results["G=2"]["time/step"] for k in ("sampling", "teacher", "reward", "update")}
     print("\nG=2 time shares: " + ", ".join(f"{k} {v:.0%}" for k, v in share.items()))
 
 

@@ -203,3 +203,20 @@ def test_autocast_request_without_bf16_support_samples_in_fp32(model, monkeypatc
     a = sample(model, cond, max_new_tokens=12, autocast=True, generator=torch.Generator().manual_seed(0))
     b = sample(model, cond, max_new_tokens=12, autocast=False, generator=torch.Generator().manual_seed(0))
     assert torch.equal(a.tokens, b.tokens) and torch.equal(a.logprobs, b.logprobs)
+
+
+def test_decode_linears_make_autocasts_casts_explicitly():
+    """The decode step's explicit bf16 casts (weights cast once per cache) are bit-identical to
+    what autocast computes for the same nn.Linear."""
+    from divcfg.models.transformer import KVCache, _linear
+    torch.manual_seed(9)
+    lin = torch.nn.Linear(32, 48)
+    x = torch.randn(5, 32)
+    cache = KVCache([], [])
+    with torch.no_grad():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            ref = lin(x)
+        assert torch.equal(_linear(lin, x, torch.bfloat16, cache), ref)
+        assert torch.equal(_linear(lin, x, torch.bfloat16, cache), ref)  # from the cached copy
+        assert torch.equal(_linear(lin, x, None, cache), lin(x))
+    assert len(cache.weights) == 1

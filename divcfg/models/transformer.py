@@ -52,18 +52,35 @@ class ModelConfig:
 
 @dataclass
 class KVCache:
-    """Preallocated keys/values for every layer: ``k[l], v[l]`` of shape (B, H, P+max_len, hd)."""
+    """Preallocated keys/values for every layer: ``k[l], v[l]`` of shape (B, H, P+max_len, hd),
+    views of one (2, B, H, P+max_len, hd) tensor ``kv[l]`` (so a decode step writes and reads
+    both with one op). ``weights``: the decode step's copies of the linear weights in the autocast
+    dtype, made once per cache (the weights do not change while one cache is in use)."""
     k: list[torch.Tensor]
     v: list[torch.Tensor]
     pos: int = 0  # number of positions already written
+    kv: list[torch.Tensor] = field(default_factory=list)
+    weights: dict = field(default_factory=dict, repr=False)
 
     @classmethod
     def empty(cls, cfg: ModelConfig, batch: int, device, dtype) -> "KVCache":
         hd = cfg.d_model // cfg.n_head
-        shape = (batch, cfg.n_head, cfg.n_prefix + cfg.max_len, hd)
+        shape = (2, batch, cfg.n_head, cfg.n_prefix + cfg.max_len, hd)
         # uninitialised: only positions < pos are ever read, and untouched pages cost no memory
-        return cls([torch.empty(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)],
-                   [torch.empty(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)])
+        kv = [torch.empty(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
+        return cls([t[0] for t in kv], [t[1] for t in kv], kv=kv)
+
+
+def _linear(layer: nn.Linear, x: torch.Tensor, dtype: torch.dtype | None, cache: KVCache) -> torch.Tensor:
+    """``layer(x)``, or what autocast to ``dtype`` computes for it (input and weights cast to
+    ``dtype``), with the weight copies kept in ``cache.weights`` instead of autocast's per-op path."""
+    if dtype is None:
+        return layer(x)
+    w = cache.weights.get(id(layer))
+    if w is None:
+        w = cache.weights[id(layer)] = (layer.weight.to(dtype),
+                                        None if layer.bias is None else layer.bias.to(dtype))
+    return F.linear(x.to(dtype), w[0], w[1])
 
 
 class SelfAttention(nn.Module):
@@ -94,30 +111,29 @@ class SelfAttention(nn.Module):
                 y = F.scaled_dot_product_attention(q, keys, vals, attn_mask=mask)
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
 
-    def decode(self, x: torch.Tensor, cache: KVCache, layer: int) -> torch.Tensor:
+    def decode(self, x: torch.Tensor, cache: KVCache, layer: int, dtype: torch.dtype | None = None) -> torch.Tensor:
         """One new position per row, ``x`` (B, C), attending to the cache plus itself; writes its
-        key/value at ``cache.pos`` (the caller advances ``pos``). Same maths as ``forward``.
+        key/value at ``cache.pos`` (the caller advances ``pos``). Same maths as ``forward``, run
+        outside autocast with the casts autocast to ``dtype`` would make (``dtype=None``: none).
 
-        On CPU the attention ``softmax(q·Kᵀ/√hd)·V`` runs in fp32 outside autocast, as two matmuls
-        on fp32 copies of the cached keys/values: with a bf16 cache (exact: under bf16 autocast the
-        keys/values are bf16 already) that reads half the bytes of an fp32 cache and was measured
-        faster than fp32 storage, than bf16 matmuls and, by far, than the fused bf16 SDPA kernel
-        for a single query. Elsewhere the fused kernel runs in the cache's dtype."""
+        On CPU ``softmax(q·Kᵀ/√hd)·V`` runs in fp32 on fp32 copies of the cached keys and values:
+        with a bf16 cache (exact: under bf16 autocast the keys/values come out of bf16 matmuls)
+        that reads half the bytes of an fp32 cache and was measured faster than fp32 storage, than
+        bf16 matmuls and, by far, than the fused bf16 kernel for a single query. Elsewhere the
+        fused kernel runs in the cache's dtype."""
         B, C = x.shape
         hd = C // self.n_head
-        q, k, v = self.qkv(x).view(B, 3, self.n_head, hd).unbind(1)  # (B, H, hd) each
+        qkv = _linear(self.qkv, x, dtype, cache).view(B, 3, self.n_head, hd)
         pos = cache.pos
-        kc, vc = cache.k[layer], cache.v[layer]
-        kc[:, :, pos] = k
-        vc[:, :, pos] = v
-        keys, vals = kc[:, :, :pos + 1], vc[:, :, :pos + 1]
+        kv = cache.kv[layer]
+        kv[:, :, :, pos] = qkv[:, 1:].transpose(0, 1)
+        q = qkv[:, 0].unsqueeze(2)
         if x.device.type == "cpu":
-            with torch.autocast("cpu", enabled=False):
-                scores = torch.matmul(q.unsqueeze(2).float(), keys.float().transpose(2, 3)) * (1.0 / math.sqrt(hd))
-                y = torch.matmul(torch.softmax(scores, dim=-1), vals.float())
+            scores = torch.matmul(q.float(), kv[0, :, :, :pos + 1].float().transpose(2, 3)) * (1.0 / math.sqrt(hd))
+            y = torch.matmul(torch.softmax(scores, dim=-1), kv[1, :, :, :pos + 1].float())
         else:
-            y = F.scaled_dot_product_attention(q.unsqueeze(2).to(kc.dtype), keys, vals)
-        return self.proj(y.reshape(B, C).to(x.dtype))
+            y = F.scaled_dot_product_attention(q.to(kv.dtype), kv[0, :, :, :pos + 1], kv[1, :, :, :pos + 1])
+        return _linear(self.proj, y.reshape(B, C).to(x.dtype), dtype, cache)
 
 
 class Block(nn.Module):
@@ -204,7 +220,7 @@ class MusicTransformer(nn.Module):
         logits (B, V) of the next token after the last of ``tokens``."""
         B, T = tokens.shape
         P = self.cfg.n_prefix
-        if cache.pos > 0 and T == 1:
+        if cache.pos > 0 and T == 1 and not self.training:
             return self._decode_one(tokens[:, 0], cache)
         if cache.pos == 0:
             pre = self.prefix(cond, null_mask, B) + self.pos_emb.weight[:P]
@@ -220,13 +236,19 @@ class MusicTransformer(nn.Module):
 
     def _decode_one(self, token: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """The decode step proper (one token per row after the prefill), on (B, d) activations:
-        the block maths of ``forward`` with fewer ops (no sequence axis, no position tensor)."""
+        the block maths of ``forward`` with fewer ops (no sequence axis, no position tensor) and,
+        under autocast, the same casts made explicitly (bit-identical, without autocast's per-op
+        cost): layer norms, residual stream and attention in fp32, linears in the autocast dtype."""
         pos = cache.pos
         if pos + 1 > self.cfg.n_prefix + self.cfg.max_len:
             raise ValueError(f"KV cache full: max_len={self.cfg.max_len} tokens")
-        x = self.tok_emb(token) + self.pos_emb.weight[pos]
-        for i, blk in enumerate(self.blocks):
-            x = x + blk.attn.decode(blk.ln1(x), cache, i)
-            x = x + blk.mlp(blk.ln2(x))
-        cache.pos = pos + 1
-        return self.head(self.ln_f(x))
+        device = token.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
+        with torch.autocast(device, enabled=False):
+            x = self.tok_emb(token) + self.pos_emb.weight[pos]
+            for i, blk in enumerate(self.blocks):
+                x = x + blk.attn.decode(blk.ln1(x), cache, i, dtype)
+                fc1, act, fc2 = blk.mlp[0], blk.mlp[1], blk.mlp[2]  # mlp[3] is dropout (eval: identity)
+                x = x + _linear(fc2, act(_linear(fc1, blk.ln2(x), dtype, cache)), dtype, cache)
+            cache.pos = pos + 1
+            return _linear(self.head, self.ln_f(x), dtype, cache)
