@@ -268,6 +268,7 @@ def tiny_base_run(tiny_data_dir, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow  # real (short) training runs
 @pytest.mark.parametrize("command", sorted(DEEP_FLAGS))
 @settings(FUZZ, max_examples=int(os.environ.get("DIVCFG_FUZZ_EXAMPLES", 6)))
 @given(data=st.data())
