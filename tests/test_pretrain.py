@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -55,6 +56,13 @@ def test_sample_cli_writes_midi(tiny_base, tmp_path):
     meta = json.loads((tmp_path / "samples.json").read_text())
     assert meta["gamma"] == 3.0 and len(meta["samples"]) == 2
     assert meta["provenance"]["git_commit"]
+    # the MIDI files: one per sample that has notes, listed in samples.json, readable, with those notes
+    from symusic import Score
+    written = [s for s in meta["samples"] if s.get("midi")]
+    assert written and sorted(tmp_path.glob("*.mid")) == sorted(tmp_path / Path(s["midi"]).name for s in written)
+    for s in written:
+        notes = sum(len(t.notes) for t in Score(s["midi"]).tracks)
+        assert notes == s["n_notes"] > 0
 
 
 @pytest.mark.parametrize("args, message", [
