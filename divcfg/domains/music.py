@@ -171,6 +171,9 @@ class MusicDomain:
             return load_alignment_scorer(scorer)
 
         judges = user_or_default_judges(diversity_judge, quality_judge, default_e, default_q, need)
+        for role, path, user in (("diversity", embedder, diversity_judge), ("quality", scorer, quality_judge)):
+            if role in judges.names and not user:
+                judges.names[role] = str(path) if path else ""   # the checkpoint that judges
         if generator is not None:
             from divcfg.domains.music_eval import check_vocabularies
             check_vocabularies(self, judges, generator)

@@ -14,7 +14,8 @@ with what the stages need besides the maths:
 - ``save(path, record, training_state)``: the checkpoint in the plug-in's native format;
 - ``weights()`` / ``with_weights(state)``: the tensors that ``divcfg merge`` interpolates.
 
-Specs: ``hf:PATH`` is a local Hugging Face transformers folder (``divcfg.models.hf_plugin``);
+Specs: ``hf:PATH`` is a local Hugging Face transformers folder (``divcfg.models.hf_plugin``), and so
+is a folder divcfg wrote in that format (it holds ``divcfg.json``, so the prefix may be left out);
 anything else is a divcfg checkpoint of the built-in transformer (``divcfg.models.builtin``).
 Adding a generator family (MusicGen, ...) means a new plug-in and one more prefix here.
 """
@@ -101,7 +102,12 @@ class GeneratorPlugin:
 
 
 def is_hf_spec(spec: str | os.PathLike) -> bool:
-    return str(spec).startswith(HF_PREFIX)
+    """``hf:PATH``, or a folder (or run folder) that divcfg wrote in transformers format."""
+    s = str(spec)
+    if s.startswith(HF_PREFIX):
+        return True
+    p = Path(s)
+    return bool(s) and ((p / "divcfg.json").exists() or (p / "checkpoint" / "divcfg.json").exists())
 
 
 def spec_path(spec: str | os.PathLike) -> Path:
