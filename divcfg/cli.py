@@ -18,6 +18,7 @@ import importlib
 import os
 import sys
 
+from divcfg.config import add_toml_option, apply_toml_defaults
 from divcfg.errors import UserError
 
 class OneLineParser(argparse.ArgumentParser):
@@ -64,6 +65,35 @@ def build_parser() -> argparse.ArgumentParser:
             raise
         module.add_arguments(p)
         p.set_defaults(_run=module.run)
+        for leaf in _leaves(p):
+            if "--config" not in leaf._option_string_actions:
+                add_toml_option(leaf)  # --config FILE.toml means the same in every command
+    return parser
+
+
+def _leaves(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return [leaf for a in subs for p in a.choices.values() for leaf in _leaves(p)] if subs else [parser]
+
+
+def _toml_path(argv: list[str]) -> str | None:
+    for i, a in enumerate(argv):
+        if a == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith("--config="):
+            return a.split("=", 1)[1]
+    return None
+
+
+def _leaf_for(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.ArgumentParser | None:
+    """The (sub)command parser ``argv`` names (``embedder train`` -> its parser), or None."""
+    for word in argv:
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if not subs:
+            break
+        if word not in subs[0].choices:
+            return None
+        parser = subs[0].choices[word]
     return parser
 
 
@@ -72,6 +102,10 @@ def parse_command(argv: list[str] | None = None) -> argparse.Namespace:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    leaf, toml = _leaf_for(parser, argv), _toml_path(argv)
+    if leaf is not None and toml is not None and leaf.get_default("_toml_flags"):
+        apply_toml_defaults(leaf, toml)  # before parsing, so that flags on the command line win
     args = parser.parse_args(argv)
     if args.command is None:
         parser.error("no COMMAND given: choose one of " + ", ".join(COMMANDS))
@@ -88,7 +122,11 @@ def run_command(argv: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_command(argv)
+    try:
+        args = parse_command(argv)
+    except UserError as e:
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        return 2
     try:
         args._run(args)
     except UserError as e:

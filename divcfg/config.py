@@ -249,3 +249,56 @@ def resolve_config(cls, args: argparse.Namespace, presets: dict[str, dict] | Non
     if hasattr(cfg, "validate"):
         cfg.validate()
     return cfg
+
+
+# --------------------------------------------------------------------------- TOML for plain argparse commands
+
+
+def add_toml_option(parser: argparse.ArgumentParser) -> None:
+    """``--config FILE.toml`` for a command whose flags are plain argparse options (``sample``,
+    ``merge``, ...): keys are the flag names (``top_k = 40`` for ``--top-k``); flags given on the
+    command line win. The values are applied by :func:`apply_toml_defaults` before parsing."""
+    parser.add_argument("--config", type=Path, default=None, metavar="FILE.toml",
+                        help="TOML file with flag = value lines (flag names with _ for -); flags given here win")
+    parser.set_defaults(_toml_flags=True)
+
+
+def _option_for(parser: argparse.ArgumentParser, key: str) -> argparse.Action | None:
+    action = parser._option_string_actions.get("--" + key.replace("_", "-"))
+    return None if action is None or action.dest in ("help", "config") else action
+
+
+def apply_toml_defaults(parser: argparse.ArgumentParser, path: str | Path) -> None:
+    """Read ``path`` and make its values the defaults of ``parser``'s flags, each checked by the
+    flag's own type and range (strictly: a string is never a number, a bool never a count)."""
+    data = load_toml(path)
+    unknown = sorted(k for k in data if _option_for(parser, k) is None)
+    if unknown:
+        raise UserError(f"config file '{path}' has unknown key(s) {unknown}: use flag names, e.g. top_k = 40 "
+                        f"for --top-k (listed by --help)")
+    for key, value in data.items():
+        action = _option_for(parser, key)
+        kind = _KINDS.get(getattr(action.type, "__name__", "str"), str)
+        try:
+            if action.nargs == 0:  # a switch such as --no-progress
+                parsed = check_value(value, bool, {})
+                parsed = action.const if parsed else action.default
+            elif isinstance(action, argparse._AppendAction):
+                items = value if isinstance(value, list) else [value]
+                parsed = [_toml_flag_value(v, kind, action) for v in items]
+            else:
+                parsed = _toml_flag_value(value, kind, action)
+        except (ValueError, argparse.ArgumentTypeError) as e:
+            fix = (f"write e.g. {key} = {toml_literal(action.default)} (the default)"
+                   if action.default is not None and not isinstance(action.default, list) else "see --help")
+            raise UserError(f"config file '{path}': {key} {e}: {fix}") from None
+        action.default, action.required = parsed, False
+
+
+def _toml_flag_value(value: Any, kind: type, action: argparse.Action) -> Any:
+    value = check_value(value, kind, {})  # the TOML type must be the flag's type
+    text = repr(value) if kind is float else str(value).lower() if kind is bool else str(value)
+    parsed = action.type(text) if action.type is not None else text
+    if action.choices is not None and parsed not in action.choices:
+        raise ValueError(f"must be one of {', '.join(map(str, action.choices))}, got {value!r}")
+    return parsed

@@ -173,3 +173,27 @@ def test_every_stage_config_default_is_valid_and_declares_ranges():
         cfg = PretrainConfig(**values)
         validate_config(cfg)
         cfg.validate()
+
+
+def test_plain_argparse_commands_take_the_same_toml_config(tmp_path):
+    """`--config FILE.toml` means a TOML file in every command; in commands whose flags are plain
+    argparse options (sample, merge, embedder train, ...) its keys are the flag names."""
+    from divcfg.cli import parse_command
+
+    path = tmp_path / "sample.toml"
+    path.write_text('checkpoint = "ckpt"\nprompt = ["a reel", "a jig"]\ncfg = 3\ntop_k = 40\n')
+    args = parse_command(["sample", "--config", str(path)])
+    assert (args.checkpoint, args.prompt, args.gamma, args.top_k) == ("ckpt", ["a reel", "a jig"], 3.0, 40)
+    args = parse_command(["sample", "--config", str(path), "--top-k", "5"])  # flags win
+    assert args.top_k == 5
+    nested = tmp_path / "embedder.toml"
+    nested.write_text('preset = "tiny"\nsteps = 7\nno_augment = true\n')
+    args = parse_command(["embedder", "train", f"--config={nested}"])
+    assert (args.preset, args.steps, args.no_augment) == ("tiny", 7, True)
+    for text, words in [('top_k = "3"', ["top_k", "whole number"]), ("top_k = -1", ["top_k", ">= 0"]),
+                        ("cfg = nan", ["cfg", "finite"]), ("nope = 1", ["unknown", "nope"]),
+                        ('cfg_mode = "fast"', ["cfg_mode", "one of"])]:
+        path.write_text(text + "\n")
+        with pytest.raises(UserError) as e:
+            parse_command(["sample", "--checkpoint", "c", "--prompt", "p", "--config", str(path)])
+        assert all(w in str(e.value) for w in words), str(e.value)
