@@ -55,6 +55,8 @@ def build_model(args, device: torch.device) -> tuple[MusicTransformer, str]:
 def build_peer(model: MusicTransformer, device: torch.device):
     """A GPT-2 with the generator's vocabulary, depth, width, heads and positions (random weights)."""
     from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers.utils import logging
+    logging.set_verbosity_error()  # its CFG processor's second pass warns about a mask it does pass
     c = model.cfg
     cfg = GPT2Config(vocab_size=c.vocab_size, n_positions=c.n_prefix + c.max_len, n_embd=c.d_model,
                      n_layer=c.n_layer, n_head=c.n_head, n_inner=4 * c.d_model, bos_token_id=c.bos_id,
