@@ -51,11 +51,11 @@ def save_checkpoint(path: str | os.PathLike, state_dict: dict[str, torch.Tensor]
         with open(p, "rb") as f:
             os.fsync(f.fileno())
     old = path.with_name(path.name + ".old")
-    if old.exists():
-        shutil.rmtree(old)
-    if path.exists():
+    if path.exists():   # a complete checkpoint: it becomes the fallback (an older fallback goes)
+        if old.exists():
+            shutil.rmtree(old)
         os.replace(path, old)
-    os.replace(tmp, path)
+    os.replace(tmp, path)   # (when ``path`` was missing, ``old`` is the last good one until here)
     if old.exists():
         shutil.rmtree(old)
     return path

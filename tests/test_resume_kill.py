@@ -35,9 +35,10 @@ def _cli(args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
 
 def _run_killed(args: list[str], ckpt_config: Path, step_of, every: int, steps: int, rng: random.Random) -> None:
     """Start the CLI and SIGKILL it at a random moment: after its k-th checkpoint (k drawn from
-    1 … steps/every - 1), plus a random fraction of the time one checkpoint interval took, so the
-    kill can land anywhere in an interval (a step, a metrics write, a checkpoint write)."""
-    k = rng.randint(1, steps // every - 1)
+    2 … steps/every - 2), plus a random fraction of the mean time a checkpoint interval took so far,
+    so the kill lands anywhere in an interval (a step, a metrics write, a checkpoint write) but
+    before the last one."""
+    k = rng.randint(2, steps // every - 2)
     p = subprocess.Popen([sys.executable, "-m", "divcfg.cli", *args], stdout=subprocess.DEVNULL,
                          stderr=subprocess.PIPE, text=True)
 
@@ -57,9 +58,8 @@ def _run_killed(args: list[str], ckpt_config: Path, step_of, every: int, steps: 
             time.sleep(0.01)
 
     t_first = wait_for(every)
-    t_k = wait_for(k * every) if k > 1 else t_first
-    interval = (t_k - t_first) / (k - 1) if k > 1 else max(wait_for(2 * every) - t_first, 0.05)
-    time.sleep(rng.uniform(0, interval))
+    t_k = wait_for(k * every)
+    time.sleep(rng.uniform(0, (t_k - t_first) / (k - 1)))
     p.send_signal(signal.SIGKILL)
     p.wait(timeout=30)
     p.stderr.close()
@@ -104,7 +104,7 @@ def runs(tmp_path_factory):
 # --------------------------------------------------------------------------- pretrain
 
 def _pretrain_args(data: Path, out: Path) -> list[str]:
-    return ["pretrain", "--preset", "tiny", "--data-dir", str(data), "--out", str(out), "--max-steps", "40",
+    return ["pretrain", "--preset", "tiny", "--data-dir", str(data), "--out", str(out), "--max-steps", "50",
             "--ckpt-every", "10", "--eval-every", "20", "--eval-pieces", "16", "--threads", "1",
             "--max-minutes", "0"]
 
@@ -119,13 +119,13 @@ def straight_base(tiny_data_dir, runs):
 def test_pretrain_resumes_after_kill(tiny_data_dir, runs, straight_base, rng):
     out = runs / "base_killed"
     args = _pretrain_args(tiny_data_dir, out)
-    _run_killed(args, out / "checkpoint" / "config.json", lambda c: c["step"], 10, 40, rng)
+    _run_killed(args, out / "checkpoint" / "config.json", lambda c: c["step"], 10, 50, rng)
     assert not is_finished(out)
     logged = max([r["step"] for r in _rows(out / "metrics.jsonl")] + [0])
     kept = _ckpt_step(out / "checkpoint" / "config.json") if (out / "checkpoint").exists() else \
         _ckpt_step(out / "checkpoint.old" / "config.json")
-    assert kept >= logged - 10            # at most one checkpoint interval lost
-    _cli(args + ["--resume"])
+    assert kept >= logged - 10 and kept >= 20      # at most one checkpoint interval lost
+    assert f"resuming from step {kept} " in _cli(args + ["--resume"]).stdout
     assert is_finished(out)
     _same_weights(straight_base / "checkpoint" / "model.safetensors", out / "checkpoint" / "model.safetensors")
     _same_rows(_rows(straight_base / "metrics.jsonl"), _rows(out / "metrics.jsonl"),
@@ -145,7 +145,7 @@ def test_pretrain_resume_refuses_changed_architecture(tiny_data_dir, runs, strai
 # --------------------------------------------------------------------------- judges
 
 def _judge_args(kind: str, data: Path, out: Path) -> list[str]:
-    return [kind, "train", "--preset", "tiny", "--data-dir", str(data), "--out", str(out), "--steps", "40",
+    return [kind, "train", "--preset", "tiny", "--data-dir", str(data), "--out", str(out), "--steps", "50",
             "--ckpt-every", "10", "--eval-pieces", "6", "--threads", "1", "--minutes", "0"]
 
 
@@ -164,14 +164,16 @@ def test_judge_resumes_after_kill(kind, tiny_data_dir, runs, straight_embedder, 
         _cli(_judge_args(kind, tiny_data_dir, straight))
     out = runs / f"{kind}_killed"
     args = _judge_args(kind, tiny_data_dir, out)
-    _run_killed(args, out / "config.json", lambda c: c["training"]["steps"], 10, 40, rng)
+    _run_killed(args, out / "config.json", lambda c: c["training"]["steps"], 10, 50, rng)
     assert not is_finished(out)
-    assert _ckpt_step_judge(out) % 10 == 0
+    kept = _ckpt_step_judge(out)
+    assert kept % 10 == 0 and kept >= 20
     r = _cli(args + ["--resume"])
-    assert is_finished(out) and json.loads((out / "DONE.json").read_text())["steps_done"] == 40
+    assert f"resuming from step {kept} " in r.stdout
+    assert is_finished(out) and json.loads((out / "DONE.json").read_text())["steps_done"] == 50
     _same_weights(straight / "model.safetensors", out / "model.safetensors")
     rows = _rows(out / "metrics.jsonl")
-    assert [row["step"] for row in rows] == list(range(1, 41)), r.stdout[-500:]
+    assert [row["step"] for row in rows] == list(range(1, 51)), r.stdout[-500:]
     _same_rows(_rows(straight / "metrics.jsonl"), rows, ("train/loss", "train/pair_acc"))
 
 
@@ -184,7 +186,7 @@ def _ckpt_step_judge(out: Path) -> int:
 
 def _finetune_args(data: Path, base: Path, embedder: Path, out: Path) -> list[str]:
     return ["finetune", "--preset", "tiny", "--data-dir", str(data), "--base", str(base), "--embedder", str(embedder),
-            "--out", str(out), "--beta", "5", "--max-steps", "8", "--ckpt-every", "2", "--eval-every", "0",
+            "--out", str(out), "--beta", "5", "--max-steps", "10", "--ckpt-every", "2", "--eval-every", "0",
             "--eval-prompts", "2", "--eval-teacher", "false", "--prompts-per-step", "2", "--max-new-tokens", "32",
             "--threads", "1", "--max-minutes", "0", "--no-progress"]
 
@@ -193,12 +195,13 @@ def test_finetune_resumes_after_kill(tiny_data_dir, runs, straight_base, straigh
     straight, out = runs / "ft_straight", runs / "ft_killed"
     _cli(_finetune_args(tiny_data_dir, straight_base, straight_embedder, straight))
     args = _finetune_args(tiny_data_dir, straight_base, straight_embedder, out)
-    _run_killed(args, out / "checkpoint" / "config.json", lambda c: c["step"], 2, 8, rng)
+    _run_killed(args, out / "checkpoint" / "config.json", lambda c: c["step"], 2, 10, rng)
     assert not is_finished(out)
     logged = max(r["step"] for r in _rows(out / "metrics.jsonl"))
     ckpt = out / "checkpoint" if (out / "checkpoint").exists() else out / "checkpoint.old"
-    assert _ckpt_step(ckpt / "config.json") >= logged - 2
-    _cli(args + ["--resume"])
+    kept = _ckpt_step(ckpt / "config.json")
+    assert kept >= logged - 2 and kept >= 4
+    assert f"resuming from step {kept} " in _cli(args + ["--resume"]).stdout
     assert is_finished(out)
     _same_weights(straight / "checkpoint" / "model.safetensors", out / "checkpoint" / "model.safetensors")
     _same_rows(_rows(straight / "metrics.jsonl"), _rows(out / "metrics.jsonl"),

@@ -102,6 +102,7 @@ def train_scorer(pieces: list[dict], tok, cfg: ScorerConfig, *, steps: int, minu
         weights, state = resume_from
         scorer.load_state_dict(weights)
         step, elapsed, saved_step = int(state["step"]), float(state["elapsed"]), int(state["step"])
+        print(f"resuming from step {step} ({elapsed / 60:.1f} min done)")
         torch.set_rng_state(state["torch_rng"])
         rng.bit_generator.state = json.loads(state["sampler_rng"])
         hist = {"loss": list(state["loss"])}
@@ -216,7 +217,8 @@ def _resume_state(out: Path, resume: bool, cfg: ScorerConfig) -> tuple[dict, dic
     from divcfg.checkpoint import MODEL_FILE, STATE_FILE, load_checkpoint, load_training_state
     if not resume:
         return None
-    if not ((out / MODEL_FILE).exists() and (out / STATE_FILE).exists()):
+    old = out.with_name(out.name + ".old")   # a kill during the atomic swap leaves only <out>.old
+    if not any((d / MODEL_FILE).exists() and (d / STATE_FILE).exists() for d in (out, old)):
         print(f"no checkpoint in '{out}' yet: starting from scratch")
         return None
     weights, stored = load_checkpoint(out, kind="alignment_scorer")

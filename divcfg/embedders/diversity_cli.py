@@ -246,6 +246,7 @@ def train_embedder(train_pieces: list[np.ndarray], cfg: EmbedderConfig, *, augme
         weights, state = resume_from
         E.load_state_dict(weights)
         step, elapsed, saved_step = int(state["step"]), float(state["elapsed"]), int(state["step"])
+        print(f"resuming from step {step} ({elapsed / 60:.1f} min done)")
         torch.set_rng_state(state["torch_rng"])
         sampler.rng.bit_generator.state = json.loads(state["sampler_rng"])
         hist = {"loss": list(state["loss"]), "acc": list(state["acc"])}
@@ -367,7 +368,8 @@ def _resume_state(out: Path, resume: bool, cfg: EmbedderConfig) -> tuple[dict, d
     from divcfg.checkpoint import MODEL_FILE, STATE_FILE, load_checkpoint, load_training_state
     if not resume:
         return None
-    if not ((out / MODEL_FILE).exists() and (out / STATE_FILE).exists()):
+    old = out.with_name(out.name + ".old")   # a kill during the atomic swap leaves only <out>.old
+    if not any((d / MODEL_FILE).exists() and (d / STATE_FILE).exists() for d in (out, old)):
         print(f"no checkpoint in '{out}' yet: starting from scratch")
         return None
     weights, stored = load_checkpoint(out, kind="diversity_embedder")
