@@ -3,8 +3,9 @@ sampler (plain, CFG batched 2B, CFG two-pass), the sampler as it was before the 
 (``benchmarks/reference_sampler.py``, CPU only) and Hugging Face ``generate`` on a GPT-2 of the
 same size built in code (plain, and CFG through ``guidance_scale`` with a negative prompt, which
 transformers runs as a second, unbatched pass), all with the same batch, length, precision and
-threads. Prints tokens/s (wall clock, best of --repeats) and tokens per CPU-second (robust on a
-busy machine), then the ratios: divcfg / generate, plain / CFG, after / before.
+threads; with bf16, ``generate`` is also timed in fp32, its faster setting on some CPUs. Prints
+tokens/s (wall clock, best of --repeats) and tokens per CPU-second (robust on a busy machine),
+then the ratios: divcfg / generate, plain / CFG, after / before.
 
     python benchmarks/inference.py --threads 1 --batch 32 --length 128          # the CPU figures
     python benchmarks/inference.py --device cuda --model large --batch 64        # on a GPU
@@ -92,9 +93,9 @@ def runners(args, model, device, bf16: bool) -> dict:
         negative = torch.randint(3, c.vocab_size, (B, c.n_prefix + 1), device=device)
         negative[:, -1] = c.bos_id
 
-        def hf(**kw):
+        def hf(autocast=bf16, **kw):
             def run():
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
                     return peer.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=True, top_k=0,
                                          top_p=1.0, temperature=1.0, max_new_tokens=L, min_new_tokens=L,
                                          pad_token_id=c.pad_id, eos_token_id=c.eos_id, **kw)
@@ -102,6 +103,11 @@ def runners(args, model, device, bf16: bool) -> dict:
         out["HF generate plain"] = hf()
         out["HF generate CFG (guidance_scale)"] = hf(guidance_scale=g, negative_prompt_ids=negative,
                                                      negative_prompt_attention_mask=torch.ones_like(negative))
+        if bf16:  # generate's own best may be without autocast (on CPUs its bf16 attention is slow)
+            out["HF generate plain, fp32"] = hf(autocast=False)
+            out["HF generate CFG (guidance_scale), fp32"] = hf(autocast=False, guidance_scale=g,
+                                                              negative_prompt_ids=negative,
+                                                              negative_prompt_attention_mask=torch.ones_like(negative))
     if args.no_cache_length:
         out[f"divcfg plain, no KV cache (length {args.no_cache_length})"] = divcfg(
             gamma=1.0, use_cache=False, length=args.no_cache_length)
@@ -173,6 +179,8 @@ def main() -> None:
     ratio("divcfg plain / HF generate plain", "divcfg plain", "HF generate plain")
     ratio("divcfg CFG batched / HF generate CFG", "divcfg CFG batched 2B", "HF generate CFG (guidance_scale)")
     ratio("divcfg CFG two-pass / HF generate CFG", "divcfg CFG two-pass", "HF generate CFG (guidance_scale)")
+    ratio("divcfg plain / HF generate plain fp32", "divcfg plain", "HF generate plain, fp32")
+    ratio("divcfg CFG batched / HF generate CFG fp32", "divcfg CFG batched 2B", "HF generate CFG (guidance_scale), fp32")
     ratio("plain / CFG batched, divcfg (what distillation saves)", "divcfg plain", "divcfg CFG batched 2B")
     ratio("plain / CFG two-pass, divcfg", "divcfg plain", "divcfg CFG two-pass")
     ratio("plain / CFG, HF generate", "HF generate plain", "HF generate CFG (guidance_scale)")
