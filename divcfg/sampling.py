@@ -23,8 +23,15 @@ it is checked every ``SYNC_EVERY`` steps, and the output is cut to the longest r
 
 Device and precision (``choose_precision``): ``autocast=True`` means bf16 autocast where the
 device supports it (``bf16_supported``), and the KV cache is then bf16 too (exact: the keys and
-values come out of bf16 matmuls; half the memory and memory traffic of fp32). A CPU ``torch.Generator`` passed for a CUDA run seeds a
-generator on the device from one draw of its own stream (so runs stay reproducible by seed).
+values come out of bf16 matmuls; half the memory and memory traffic of fp32). A CPU
+``torch.Generator`` passed for a CUDA run seeds a generator on the device from one draw of its
+own stream (so runs stay reproducible by seed).
+
+Top-p is measured on the distribution after PAD/BOS removal and temperature, renormalised (before
+this version, at τ=1 only, it was measured before renormalising; the same at τ≠1). In fp32 the
+sampler draws the same tokens from the same seed as before; under bf16 autocast the decode step's
+attention now runs in fp32 (it was a bf16 kernel), so draws differ after a few tokens while the
+distribution is the same up to bf16 rounding.
 """
 
 from __future__ import annotations
