@@ -254,5 +254,5 @@ def run(args) -> None:
     cfg = resolve_config(EvalConfig, args, PRESETS, default_preset="small")
     results = evaluate(cfg)
     print(format_table(results))
-    print(f"wrote {Path(cfg.out) / 'results.json'}, results.csv, samples.jsonl; render the page with "
-          f"`divcfg report {cfg.out}`")
+    hint = f"; render the page with `divcfg report {cfg.out}`" if results["domain"] == "music" else ""
+    print(f"wrote {Path(cfg.out) / 'results.json'}, results.csv, samples.jsonl{hint}")
