@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         if "resume" in vars(args):
             print("interrupted: the last checkpoint written is kept; rerun with --resume", file=sys.stderr)
         else:
-            print(f"interrupted: `divcfg {args.command}` stopped; nothing to resume, rerun it", file=sys.stderr)
+            print(f"interrupted: `divcfg {args.command}` stopped; rerun the same command", file=sys.stderr)
         return 130
     return 0
 
