@@ -72,7 +72,9 @@ class PretrainConfig:
     preset: str = field("small", "preset this config came from (informational)")
 
     def validate(self) -> None:
-        """Cross-field checks (each field's own range is checked by divcfg.config.validate_config)."""
+        """Every field's type and declared range, then the cross-field checks (one-line UserError)."""
+        from divcfg.config import validate_config
+        validate_config(self)
         if self.d_model % self.n_head:
             raise UserError(f"--d-model {self.d_model} is not a multiple of --n-head {self.n_head}: "
                             f"pick e.g. --d-model {self.n_head * max(1, round(self.d_model / self.n_head))}")
