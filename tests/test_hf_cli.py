@@ -248,3 +248,24 @@ def test_user_errors_are_one_line(lm, prompt_file, tmp_path, capsys):
     empty.write_text("\n\n")
     assert cli(finetune_args(lm, empty, tmp_path / "d", "--max-steps", "1")) == 2
     assert "no prompts" in capsys.readouterr().err
+
+
+def test_resume_continues_the_same_run(lm, prompt_file, tmp_path):
+    """4 steps straight vs 2 steps, stop, --resume to 4: the same weights (optimizer, RNG streams and
+    the baseline restored from training_state.pt beside the save_pretrained folder)."""
+    common = ("--beta", "1", "--baseline", "ema", "--ckpt-every", "2", "--eval-prompts", "3")
+    assert cli(finetune_args(lm, prompt_file, tmp_path / "straight", *common, "--max-steps", "4")) == 0
+    assert cli(finetune_args(lm, prompt_file, tmp_path / "split", *common, "--max-steps", "2")) == 0
+    assert cli(finetune_args(lm, prompt_file, tmp_path / "split", *common, "--max-steps", "4", "--resume")) == 0
+    a = AutoModelForCausalLM.from_pretrained(tmp_path / "straight" / "checkpoint").state_dict()
+    b = AutoModelForCausalLM.from_pretrained(tmp_path / "split" / "checkpoint").state_dict()
+    base = AutoModelForCausalLM.from_pretrained(lm).state_dict()
+    k = "transformer.h.0.mlp.c_fc.weight"
+    assert not torch.equal(a[k], base[k])
+    for name in a:
+        assert torch.allclose(a[name], b[name], atol=1e-6), name
+    steps = [json.loads(line)["step"] for line in open(tmp_path / "split" / "metrics.jsonl") if '"kl/teacher"' in line]
+    assert steps == [1, 2, 3, 4]
+    # a different β is refused on --resume, as is a second run into a finished folder
+    assert cli(finetune_args(lm, prompt_file, tmp_path / "split", "--beta", "2", "--max-steps", "6", "--resume")) == 2
+    assert cli(finetune_args(lm, prompt_file, tmp_path / "split", *common, "--max-steps", "6")) == 2
