@@ -15,8 +15,9 @@ FAMILY_ORDER = ("cfg", "temperature", "finetuned", "merge")
 @dataclass
 class EvalConfig:
     base: str = field("runs/small/base", "base generator: a divcfg checkpoint, or hf:PATH (a local transformers folder)")
-    quality: str = field("", "distilled student (β=0) checkpoint (hf:PATH for transformers); empty = not evaluated")
-    diversity: str = field("", "diversity-rewarded student (β>0) checkpoint (hf:PATH for transformers); "
+    quality: str = field("", "distilled student (β=0) checkpoint (hf:PATH for transformers); empty = not evaluated; "
+                         "a,b,c: one per student seed, paired by position with --diversity (divcfg.evaluation.seeds)")
+    diversity: str = field("", "diversity-rewarded student (β>0) checkpoint (hf:PATH for transformers; x,y,z: one per seed); "
                            "empty = not evaluated")
     merge_a: str = field("", "merge endpoint A (λ=0); empty = --quality")
     merge_b: str = field("", "merge endpoint B (λ=1); empty = --diversity")

@@ -252,7 +252,10 @@ def add_arguments(parser) -> None:
 
 def run(args) -> None:
     cfg = resolve_config(EvalConfig, args, PRESETS, default_preset="small")
-    results = evaluate(cfg)
+    from divcfg.evaluation.claims import format_claims
+    from divcfg.evaluation.seeds import evaluate_seeds
+    results = evaluate_seeds(cfg)  # one run, or one per student seed (--quality a,b --diversity x,y)
     print(format_table(results))
+    print(format_claims(results["claims"]))
     hint = f"; render the page with `divcfg report {cfg.out}`" if results["domain"] == "music" else ""
     print(f"wrote {Path(cfg.out) / 'results.json'}, results.csv, samples.jsonl{hint}")
