@@ -1,0 +1,228 @@
+"""The MusicGen adapter (divcfg.models.musicgen) on a tiny randomly initialised
+MusicgenForConditionalGeneration built from configs in code (T5 text encoder, EnCodec codec, MusicGen
+decoder): nothing is downloaded. The reference is transformers' own MusicGen code."""
+
+from __future__ import annotations
+
+import copy
+import wave
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from divcfg.guidance import cfg_logprobs, guided_sequence_logprobs
+from divcfg.models.musicgen import FORBIDDEN, MusicgenGenerator, write_wav
+from divcfg.objectives import token_divergence
+from divcfg.sampling import sample
+
+K, C, HOP = 3, 32, 16      # codebooks, codes per codebook, audio samples per frame (800 Hz / 50 Hz)
+
+
+def tiny_musicgen(seed: int = 0):
+    from transformers import (EncodecConfig, MusicgenConfig, MusicgenDecoderConfig,
+                              MusicgenForConditionalGeneration, T5Config)
+    t5 = T5Config(vocab_size=40, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_decoder_layers=1, num_heads=2,
+                  pad_token_id=0, eos_token_id=1, dropout_rate=0.0)
+    codec = EncodecConfig(target_bandwidths=[1.5], sampling_rate=800, audio_channels=1, hidden_size=8, num_filters=2,
+                          num_residual_layers=1, upsampling_ratios=[4, 4], codebook_size=C, num_lstm_layers=1,
+                          kernel_size=3, last_kernel_size=3, residual_kernel_size=3, codebook_dim=8)
+    dec = MusicgenDecoderConfig(vocab_size=C, max_position_embeddings=64, num_hidden_layers=2, ffn_dim=32,
+                                num_attention_heads=2, hidden_size=24, num_codebooks=K, pad_token_id=C,
+                                bos_token_id=C, dropout=0.0)
+    torch.manual_seed(seed)
+    model = MusicgenForConditionalGeneration(MusicgenConfig(text_encoder=t5.to_dict(), audio_encoder=codec.to_dict(),
+                                                            decoder=dec.to_dict())).eval()
+    with torch.no_grad():   # sharper logits than the 0.02-std init, so comparisons can fail
+        for head in model.decoder.lm_heads:
+            head.weight.mul_(25.0)
+        model.enc_to_dec_proj.weight.mul_(30.0)     # and a text condition that matters
+        for layer in model.decoder.model.decoder.layers:
+            layer.encoder_attn.v_proj.weight.mul_(10.0)
+    model.generation_config.decoder_start_token_id = C
+    model.generation_config.pad_token_id = C
+    return model
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    torch.set_num_threads(1)
+
+
+# two prompts of different lengths, right-padded with T5's pad id 0 (the second ends early)
+PROMPTS = torch.tensor([[5, 6, 7, 1], [8, 9, 1, 0]])
+
+
+def stream_from_decoder_grid(grid: torch.Tensor, forced: torch.Tensor, delay_id: int, bos_id: int) -> torch.Tensor:
+    """transformers' decoder inputs (B, K, M') (column 0 = start) -> our stream [BOS, z_1,0 …]."""
+    B, K_, M = grid.shape
+    body = grid[:, :, 1:].permute(0, 2, 1).reshape(B, (M - 1) * K_)
+    body = torch.where(forced[:body.shape[1]].view(1, -1) >= 0, torch.full_like(body, delay_id), body)
+    return torch.cat([torch.full((B, 1), bos_id), body], dim=1)
+
+
+def test_forward_and_cfg_match_transformers_generate():
+    """From one ``generate(guidance_scale=γ)`` run: the adapter's conditional and null logits equal
+    the raw logits transformers computed for its cond and uncond halves at every step and codebook,
+    and ``cfg_logprobs`` equals the log-softmax of transformers' ClassifierFreeGuidanceLogitsProcessor
+    output; the delayed positions are forced to the delay token."""
+    from transformers import LogitsProcessor, LogitsProcessorList
+    model = tiny_musicgen()
+    gamma, M = 3.0, 10                                   # M decoder positions -> S = 9 steps, F = 7 frames
+    seen = {}
+
+    class Record(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            seen["ids"] = input_ids.clone()
+            return scores
+
+    torch.manual_seed(1)
+    out = model.generate(input_ids=PROMPTS, attention_mask=(PROMPTS != 0).long(), do_sample=True,
+                         guidance_scale=gamma, max_length=M, top_k=0, logits_processor=LogitsProcessorList([Record()]),
+                         return_dict_in_generate=True, output_logits=True, output_scores=True)
+    raw = torch.stack(out.logits, 1)                     # (2B·K, steps, C): [cond rows; uncond rows]
+    processed = torch.stack(out.scores, 1)               # (B·K, steps, C) after CFG
+    B, steps = PROMPTS.shape[0], raw.shape[1]
+    assert steps == M - 1
+    # decoder inputs of the last step = delay mask applied to the sampled ids (positions 0..M-2)
+    _, mask = model.decoder.build_delay_pattern_mask(torch.full((B * K, 1), C), C, max_length=M)
+    grid = model.decoder.apply_delay_pattern_mask(seen["ids"], mask).view(B, K, -1)
+
+    gen = MusicgenGenerator(model, frames=M - K)
+    assert gen.cfg.steps == steps and gen.cfg.max_len == steps * K + 2
+    x = stream_from_decoder_grid(grid, gen.forced, gen.cfg.delay_id, gen.cfg.bos_id)   # (B, 1 + (M-2)·K)
+    T = x.shape[1]
+    null = torch.arange(2 * B) >= B
+    with torch.no_grad():
+        both = gen(torch.cat([x, x]), torch.cat([PROMPTS, PROMPTS]), null)
+    lc, lu = both[:B], both[B:]
+
+    ref_c = raw[:B * K].view(B, K, steps, C).permute(0, 2, 1, 3).reshape(B, steps * K, C)[:, :T]
+    ref_u = raw[B * K:].view(B, K, steps, C).permute(0, 2, 1, 3).reshape(B, steps * K, C)[:, :T]
+    ref_g = processed.view(B, K, steps, C).permute(0, 2, 1, 3).reshape(B, steps * K, C)[:, :T]
+    free = gen.forced[:T] < 0
+    assert free.sum() > 0 and (~free).sum() > 0
+    torch.testing.assert_close(lc[:, free, :C], ref_c[:, free], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(lu[:, free, :C], ref_u[:, free], atol=1e-4, rtol=1e-4)
+    assert (lc[:, :, C:] == FORBIDDEN).all() or (lc[:, free, C:] == FORBIDDEN).all()
+    assert (ref_c[:, free] - ref_u[:, free]).abs().max() > 0.1          # the null condition matters
+    ours = cfg_logprobs(lc, lu, gamma)
+    torch.testing.assert_close(ours[:, free, :C], F.log_softmax(ref_g[:, free], -1), atol=1e-4, rtol=1e-4)
+    # delayed positions: all mass on the delay token, for cond, null and the guided mixture alike
+    forced = ~free
+    assert (ours[:, forced].argmax(-1) == gen.cfg.delay_id).all()
+    assert torch.allclose(ours[:, forced].exp().max(-1).values, torch.ones(1))
+    # transformers fed the delay token exactly where our stream has it
+    assert ((x[:, 1:] == gen.cfg.delay_id) == forced[:T - 1].view(1, -1)).all()
+
+
+def test_forward_step_equals_recomputation():
+    """The KV-cached step (one decoder call per frame) gives the logits of full recomputation, for a
+    CFG batch of conditional and null rows, fed one token at a time and in a multi-token prefill."""
+    model = tiny_musicgen(seed=3)
+    gen = MusicgenGenerator(model, frames=5)
+    B = PROMPTS.shape[0]
+    torch.manual_seed(0)
+    out = sample(gen, PROMPTS, max_new_tokens=gen.cfg.max_len, gamma=2.0, generator=torch.Generator().manual_seed(0))
+    x = out.with_bos(gen.cfg.bos_id)[:, :-1]
+    cond, null = torch.cat([PROMPTS, PROMPTS]), torch.arange(2 * B) >= B
+    xx = torch.cat([x, x])
+    with torch.no_grad():
+        full = gen(xx, cond, null)
+        cache = gen.new_cache(2 * B)
+        steps = [gen.forward_step(xx[:, t:t + 1], cache, cond, null) for t in range(xx.shape[1])]
+        cache2 = gen.new_cache(2 * B)
+        pre = gen.forward_step(xx[:, :7], cache2, cond, null)
+        rest = [gen.forward_step(xx[:, t:t + 1], cache2, cond, null) for t in range(7, xx.shape[1])]
+    torch.testing.assert_close(torch.stack(steps, 1), full, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(torch.stack([pre] + rest, 1), full[:, 6:], atol=1e-4, rtol=1e-4)
+    # a decoder call per frame, not per token
+    assert cache.frames_fed == (xx.shape[1] - 1) // K + 1
+
+
+def test_null_condition_is_zero_encoder_states():
+    """∅ via ``cond=None`` (two-pass CFG) equals ∅ via ``null_mask`` (batched CFG), and differs from
+    every prompt; the null rows ignore what the prompt was."""
+    gen = MusicgenGenerator(tiny_musicgen(seed=5), frames=3)
+    B = PROMPTS.shape[0]
+    body = torch.randint(0, C, (B, 2 * K), generator=torch.Generator().manual_seed(0))
+    body = torch.where(gen.forced[:2 * K].view(1, -1) >= 0, torch.full_like(body, gen.cfg.delay_id), body)
+    x = torch.cat([torch.full((B, 1), gen.cfg.bos_id), body], 1)
+    with torch.no_grad():
+        a = gen(x, None)
+        b = gen(x, PROMPTS, torch.ones(B, dtype=torch.bool))
+        c = gen(x, PROMPTS)
+        d = gen(x, PROMPTS.flip(0), torch.ones(B, dtype=torch.bool))
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(b, d, atol=1e-5, rtol=1e-5)
+    assert (a - c).abs().max() > 1e-2
+    lp = guided_sequence_logprobs(gen, x, PROMPTS, 3.0, "two_pass")
+    torch.testing.assert_close(lp, guided_sequence_logprobs(gen, x, PROMPTS, 3.0, "batched"), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("gamma,top_k", [(1.0, 0), (3.0, 5)])
+def test_sampling_respects_the_delay_pattern(gamma, top_k):
+    """The core sampler, unchanged, draws the delay token exactly at MusicGen's delayed positions
+    (codebook k: the first k steps and the last K−1−k), codes everywhere else, and EOS after S·K
+    tokens; top-k acts per codebook row."""
+    gen = MusicgenGenerator(tiny_musicgen(seed=7), frames=6)
+    c = gen.cfg
+    S = c.steps
+    out = sample(gen, PROMPTS.repeat(2, 1), max_new_tokens=1000, gamma=gamma, top_k=top_k, temperature=1.3,
+                 generator=torch.Generator().manual_seed(4))
+    assert out.finished.all() and (out.lengths == S * K + 1).all()
+    body = out.tokens[:, :S * K].view(-1, S, K)
+    s = torch.arange(1, S + 1).view(S, 1)
+    k = torch.arange(K).view(1, K)
+    delayed = (s <= k) | (s >= S - K + 2 + k)
+    assert (body[:, delayed] == c.delay_id).all()
+    assert (body[:, ~delayed] < C).all()
+    assert int((~delayed).sum()) == c.frames * K                     # F frames per codebook
+    assert (out.tokens[:, S * K] == c.eos_id).all()
+    assert (out.logprobs[:, :S * K][:, delayed.reshape(-1)] == 0).all()
+    assert (out.logprobs[:, :S * K][:, ~delayed.reshape(-1)] < 0).all()
+    # the stream's codebook rows are the sampled rows; different seeds give different music
+    other = sample(gen, PROMPTS.repeat(2, 1), max_new_tokens=1000, gamma=gamma, top_k=top_k, temperature=1.3,
+                   generator=torch.Generator().manual_seed(5))
+    assert not torch.equal(out.tokens, other.tokens)
+
+
+def test_distillation_step_masks_delays_and_trains_the_decoder_only():
+    """A reverse-KL step toward the γ=3 teacher through the core's functions: the KL is exactly 0 at
+    the delayed positions, positive elsewhere, and the gradient reaches the decoder but not the frozen
+    T5 encoder or the codec."""
+    model = tiny_musicgen(seed=9)
+    gen = MusicgenGenerator(model, frames=4)
+    teacher = copy.deepcopy(gen).eval().requires_grad_(False)
+    out = sample(gen, PROMPTS, max_new_tokens=1000, generator=torch.Generator().manual_seed(0))
+    x = out.with_bos(gen.cfg.bos_id)[:, :-1]
+    with torch.no_grad():
+        t_lp = guided_sequence_logprobs(teacher, x, PROMPTS, 3.0)
+    gen.train()
+    s_lp = F.log_softmax(gen(x, PROMPTS).float(), -1)
+    kl = token_divergence(s_lp, t_lp, "reverse_kl")
+    forced = gen.forced[:x.shape[1]] >= 0
+    assert (kl[:, forced] == 0).all()
+    assert (kl[:, ~forced] > 0).all()
+    kl.mean().backward()
+    assert all(p.grad is None for p in model.text_encoder.parameters())
+    assert all(p.grad is None for p in model.audio_encoder.parameters())
+    assert model.decoder.lm_heads[0].weight.grad.abs().sum() > 0
+
+
+def test_decode_to_wav(tmp_path):
+    """Sampled streams -> codes (delay undone) -> EnCodec -> F·hop samples -> a readable WAV."""
+    gen = MusicgenGenerator(tiny_musicgen(seed=11), frames=6)
+    out = sample(gen, PROMPTS, max_new_tokens=1000, gamma=3.0, generator=torch.Generator().manual_seed(2))
+    seqs = out.sequences()
+    codes = gen.codes(seqs[0])
+    assert codes.shape == (K, 6)
+    # codebook k of frame f is the token sampled at step f + k + 1
+    grid = torch.tensor(seqs[0]).view(-1, K)
+    assert all(codes[k, f] == grid[f + k, k] for k in range(K) for f in range(6))
+    waves = gen.audio(seqs)
+    assert all(w.shape == (6 * HOP,) and abs(w).max() > 0 for w in waves)
+    assert gen.audio([seqs[0][:K * 2]]) == [None]                    # no complete frame
+    path = write_wav(tmp_path / "a.wav", waves[0], gen.sampling_rate)
+    with wave.open(str(path)) as w:
+        assert (w.getframerate(), w.getnchannels(), w.getnframes()) == (800, 1, 6 * HOP)
