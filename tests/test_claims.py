@@ -110,3 +110,36 @@ def test_claims_on_a_real_tiny_evaluation(data_dir, tmp_path_factory):  # noqa: 
 
 
 from test_evaluation import data_dir  # noqa: E402,F401  (fixture)
+
+
+def test_attribute_accuracy_against_captions(data_dir):  # noqa: F811
+    """Real held-out pieces have what their own captions ask for far more often than pieces shuffled
+    across captions; relaxed key accuracy (relative major/minor) is never below exact."""
+    import json
+    import random
+
+    from divcfg.music.attributes import asked, attribute_accuracy, parse_key, same_collection
+    from divcfg.music.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(data_dir)
+    rows = [json.loads(x) for x in (data_dir / "test.jsonl").read_text().splitlines()][:40]
+    rows += [json.loads(x) for x in (data_dir / "val.jsonl").read_text().splitlines()][:40]
+    seqs = [r["tokens"] for r in rows for _ in r["captions"]]
+    texts = [c for r in rows for c in r["captions"]]
+    metas = [r["meta"] for r in rows for _ in r["captions"]]
+    own = attribute_accuracy(tok, seqs, texts, metas)
+    shuffled = seqs[:]
+    random.Random(0).shuffle(shuffled)
+    other = attribute_accuracy(tok, shuffled, texts, metas)
+    for k in ("attr_key_relative", "attr_meter", "attr_bars_exact"):
+        assert own[k] > other[k] + 0.2, (k, own[k], other[k])
+    assert own["attr_key_relative"] > 0.5 and own["attr_meter"] > 0.5
+    assert own["attr_key_relative"] >= own["attr_key_exact"]
+    assert same_collection(parse_key("C major"), parse_key("A minor"))
+    assert same_collection(parse_key("D dorian"), parse_key("C major"))
+    assert not same_collection(parse_key("C major"), parse_key("C minor"))
+    assert asked("a jig in 6/8", {"key": "D major", "meter": "6/8"}) == {"meter": "6/8"}   # key not named
+    assert asked("a short tune in E- major, 16 bars", {"key": "E- major"}) == \
+        {"key": (3, "major"), "bars": 16, "length_word": "short"}
+    empty = attribute_accuracy(tok, [[]], ["a tune in D major, 2/4"], [{"key": "D major", "meter": "2/4"}])
+    assert empty["attr_key_exact"] == 0 and empty["attr_meter"] == 0 and np.isnan(empty["attr_bars_exact"])

@@ -193,7 +193,8 @@ class MusicDomain:
     # ---------------------------------------------------------------- evaluation and output
 
     eval_figures = ("pitch_class_distance", "onset_distance", "interval_ngram_distance", "distinct_ngram_ratio")
-    eval_extra_columns = ("musical_distance",)
+    eval_extra_columns = ("musical_distance", "attr_key_exact", "attr_key_relative", "attr_meter", "attr_bars_exact",
+                          "attr_length_word")  # the domain figures: divcfg.music.attributes.ATTRIBUTE_COLUMNS
 
     def judge(self, prompts, completions: list, rows: dict, G: int, judges: Judges, generator=None) -> dict:
         from divcfg.domains.music_eval import judge_music

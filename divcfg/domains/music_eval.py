@@ -45,6 +45,7 @@ def check_vocabularies(domain, judges, generator) -> None:
 def judge_music(domain, prompts, seqs: list, G: int, judges, generator=None) -> dict:
     """All per-system figures from the sampled rows (row r = prompt r // G, generation r % G)."""
     from divcfg.judges.pairs import group_mean_diversity
+    from divcfg.music.attributes import attribute_accuracy
     from divcfg.music.metrics import SCORE_METRICS, pair_diversity_figures, score_metrics, token_validity
     from divcfg.music.tokenizer import tokens_to_score
 
@@ -71,7 +72,8 @@ def judge_music(domain, prompts, seqs: list, G: int, judges, generator=None) -> 
     return {"per_generation": {"quality": q.tolist(), "n_notes": n_notes, "valid": valid,
                                "empty": [n == 0 for n in n_notes]},
             "per_prompt": {"quality": q_prompt.tolist(), "diversity": d_prompt.tolist(), **figures},
-            "summary": {"music": {m: _nanmean([x[m] for x in music]) for m in SCORE_METRICS}}}
+            "summary": {"music": {m: _nanmean([x[m] for x in music]) for m in SCORE_METRICS},
+                        "attributes": attribute_accuracy(tok, seqs, texts, [prompts.meta[r // G] for r in range(len(seqs))])}}
 
 
 def summary_extras(judged: dict, reference: dict) -> dict:
@@ -81,7 +83,8 @@ def summary_extras(judged: dict, reference: dict) -> dict:
     metrics = reference.get("metrics", {})
     z = [abs(music[m] - metrics[m]["mean"]) / metrics[m]["std"] for m in SCORE_METRICS
          if metrics.get(m, {}).get("std") and math.isfinite(music[m])]
-    return {"music": music, "musical_distance": _nanmean(z) if z else math.nan}
+    return {"music": music, "musical_distance": _nanmean(z) if z else math.nan,
+            **judged["summary"].get("attributes", {})}  # attribute accuracy vs the captions (music.attributes)
 
 
 def corpus_figures(data_dir, split: str, prompts, judges, max_pieces: int, seed: int) -> dict:
