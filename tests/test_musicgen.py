@@ -226,3 +226,52 @@ def test_decode_to_wav(tmp_path):
     path = write_wav(tmp_path / "a.wav", waves[0], gen.sampling_rate)
     with wave.open(str(path)) as w:
         assert (w.getframerate(), w.getnchannels(), w.getnframes()) == (800, 1, 6 * HOP)
+
+
+WORDS = "a calm wild song with drums piano guitar slow fast bright dark".split()
+
+
+def save_tiny_checkpoint(folder):
+    """A tiny MusicGen + a word-level T5-style tokenizer (<pad>=0, </s>=1 appended) saved as a folder."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+    vocab = {w: i for i, w in enumerate(["<pad>", "</s>", "<unk>"] + WORDS)}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    core.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+    model = tiny_musicgen(seed=13)
+    model.generation_config.max_length = 8                      # transformers' default duration: 8 − K frames
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return model
+
+
+def test_plugin_loads_samples_decodes_and_saves(tmp_path):
+    """``hf:PATH`` with a MusicGen config.json loads the MusicGen plug-in; the duration follows
+    ``generation_config.max_length`` or ``max_len``; a saved folder reloads with the same weights and
+    duration and still loads in plain transformers."""
+    from transformers import MusicgenForConditionalGeneration
+    from divcfg.models.base import load_generator_any
+    save_tiny_checkpoint(tmp_path / "mg")
+    plug = load_generator_any(f"hf:{tmp_path / 'mg'}")
+    assert plug.kind == "musicgen" and plug.completion_kind == "audio"
+    assert plug.model.cfg.frames == 8 - K
+    cond = plug.encode_prompts(["a calm song", "dark fast drums with piano"])
+    assert cond.shape == (2, 6) and cond[0, 3] == 1 and (cond[0, 4:] == 0).all()
+    plug = load_generator_any(f"hf:{tmp_path / 'mg'}", max_len=K * (7 + K - 1) + 2)
+    assert plug.model.cfg.frames == 7
+    out = sample(plug.model, cond, max_new_tokens=10_000, gamma=3.0, generator=torch.Generator().manual_seed(0))
+    waves = plug.decode(out.sequences())
+    assert [w.shape for w in waves] == [(7 * HOP,)] * 2
+    plug.save(tmp_path / "run" / "checkpoint", {"stage": "test", "gamma": 3.0})
+    again = load_generator_any(f"hf:{tmp_path / 'run'}")
+    assert again.kind == "musicgen" and again.model.cfg.frames == 7 and again.record["gamma"] == 3.0
+    for (n, a), (_, b) in zip(plug.weights().items(), again.weights().items()):
+        assert torch.equal(a, b), n
+    x = out.with_bos(plug.model.cfg.bos_id)[:, :-1]
+    with torch.no_grad():
+        torch.testing.assert_close(again.model(x, cond), plug.model(x, cond))
+    plain = MusicgenForConditionalGeneration.from_pretrained(tmp_path / "run" / "checkpoint")
+    assert plain.generate(input_ids=cond, attention_mask=(cond != 0).long(), max_length=8,
+                          do_sample=True).shape == (2, 1, (8 - K) * HOP)

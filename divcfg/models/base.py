@@ -17,7 +17,9 @@ with what the stages need besides the maths:
 Specs: ``hf:PATH`` is a local Hugging Face transformers folder (``divcfg.models.hf_plugin``), and so
 is a folder divcfg wrote in that format (it holds ``divcfg.json``, so the prefix may be left out);
 anything else is a divcfg checkpoint of the built-in transformer (``divcfg.models.builtin``).
-Adding a generator family (MusicGen, ...) means a new plug-in and one more prefix here.
+An ``hf:PATH`` whose ``config.json`` is a MusicGen config loads ``divcfg.models.musicgen_plugin``
+(text-to-audio; ``completion_kind = "audio"``). Adding a generator family means a new plug-in and
+one more prefix or config check here.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
 """A local Hugging Face transformers checkpoint (``--base hf:PATH``) as a generator plug-in.
+(A MusicGen folder, ``model_type: musicgen``, goes to ``divcfg.models.musicgen_plugin`` instead.)
 
 ``PATH`` is a folder that ``AutoModelForCausalLM.from_pretrained`` and ``AutoTokenizer.from_pretrained``
 read (any causal LM: GPT-2, Llama, ...), or a divcfg run folder holding one in ``checkpoint/``.
@@ -163,6 +164,9 @@ def load_hf_generator(path: str | os.PathLike, device: str | torch.device = "cpu
             record = json.loads((folder / RECORD_FILE).read_text())
         except json.JSONDecodeError:
             raise UserError(f"'{folder / RECORD_FILE}' is unreadable: the checkpoint is corrupt") from None
+    from divcfg.models.musicgen_plugin import is_musicgen_folder, load_musicgen_generator
+    if is_musicgen_folder(folder):    # text-to-audio: its own adapter (divcfg.models.musicgen)
+        return load_musicgen_generator(folder, record, device=device, max_len=max_len)
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(folder))
         lm = AutoModelForCausalLM.from_pretrained(str(folder))
