@@ -148,6 +148,7 @@ def plot_quality_diversity(results: dict, png: Path, svg: Path) -> None:
             if r.get("same_as") in by_name:
                 label += f" = {_point_label(by_name[r['same_as']])}"
             ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8, color=colour)
+    _plot_seed_points(ax, results)
     ref = results["reference_point"]
     ax.scatter([ref["quality"]], [ref["diversity"]], marker="x", color="black", s=30,
                label="hypervolume reference point")
@@ -164,6 +165,22 @@ def plot_quality_diversity(results: dict, png: Path, svg: Path) -> None:
     fig.savefig(png)
     fig.savefig(svg)
     plt.close(fig)
+
+
+def _plot_seed_points(ax, results: dict) -> None:
+    """Each student seed's point (small, faint) joined to its system's mean over seeds."""
+    by_name = {r["name"]: r for r in results["systems"]}
+    drawn = False
+    for r in results["systems"]:
+        agg = by_name.get(r.get("aggregate_of") or "")
+        if agg is None or r.get("same_as"):
+            continue
+        colour = FAMILY_STYLE.get(agg["family"], ("#333333",))[0]
+        ax.plot([agg["quality"], r["quality"]], [agg["diversity"], r["diversity"]], color=colour, lw=0.6, alpha=0.35)
+        ax.scatter([r["quality"]], [r["diversity"]], s=9, color=colour, alpha=0.55,
+                   label=None if drawn else f"one student seed ({len(results.get('student_seeds', []))} seeds; "
+                                            "large points: mean over seeds)")
+        drawn = True
 
 
 def plot_training_curves(logs: dict[str, str], png: Path) -> bool:
@@ -298,8 +315,11 @@ def listening_section(results: dict, samples: list[dict], assets: Path, n_prompt
     out = []
     for p in results["prompts"][:n_prompts]:
         rows = []
+        first_seed = (results.get("student_seeds") or [None])[0]
         for r in results["systems"]:
             if systems and r["name"] not in systems:
+                continue
+            if not systems and r.get("seed") not in (None, first_seed):  # by default one seed's students
                 continue
             cells = []
             for g in range(n_generations):
@@ -346,8 +366,29 @@ def table_rows(results: dict) -> list[dict]:
             "distinct": _fmt(r.get("distinct_ngram_ratio")),
             "empty": f"{r['empty_rate']:.0%}", "valid": f"{r['valid_rate']:.0%}", "eos": f"{r['eos_rate']:.0%}",
             "length": f"{r['mean_length']:.0f}", "musical": _fmt(r.get("musical_distance"), 2),
-            "front": ", ".join(r.get("on_front", [])) or "", "same_as": r.get("same_as") or ""})
+            "front": ", ".join(r.get("on_front", [])) or "", "same_as": r.get("same_as") or "",
+            "seed": r.get("seed"), "aggregate": bool(r.get("aggregate")),
+            "seeds_agree": "" if r.get("seeds_agree") is None else ("yes" if r["seeds_agree"] else "NO: flips"),
+            "domain": [_fmt(r.get(c), 2) for c in domain_columns(results)]})
     return rows
+
+
+def domain_columns(results: dict) -> list[str]:
+    """The domain figures present in the rows (music: attribute accuracy against the captions)."""
+    from divcfg.music.attributes import ATTRIBUTE_COLUMNS
+    return [c for c in ATTRIBUTE_COLUMNS if any(c in r for r in results["systems"])]
+
+
+def cut_short_lines(results: dict) -> list[str]:
+    """One loud line per evaluated model whose training its time cap stopped before its planned steps."""
+    out = []
+    for spec, info in (results.get("training_status") or {}).items():
+        cut = (info or {}).get("cut_short")
+        if cut:
+            out.append(f"{spec} was CUT SHORT by its time cap: {cut.get('steps_done')} of "
+                       f"{cut.get('steps_planned')} planned steps (cap {cut.get('cap_minutes')} min); "
+                       "its figures are not those of the preset")
+    return out
 
 
 def render_report(run_dir: str | os.PathLike, *, n_prompts: int = 3, n_generations: int = 2,
@@ -380,7 +421,8 @@ def render_report(run_dir: str | os.PathLike, *, n_prompts: int = 3, n_generatio
         results=results, rows=table_rows(results), plot_uri=_data_uri(plot_png),
         plot_svg=f"{ASSETS}/{plot_svg.name}", plot_png=f"{ASSETS}/{plot_png.name}",
         curves_uri=_data_uri(curves_png) if has_curves else None, training_logs=logs,
-        listening=listening, wav_ok=wav_ok, audio_requested=audio, mv=results.get("merge_vs_cfg"), fmt=_fmt, fmtg=_fmtg)
+        listening=listening, wav_ok=wav_ok, audio_requested=audio, mv=results.get("merge_vs_cfg"), fmt=_fmt, fmtg=_fmtg,
+        claims=results.get("claims"), cut_short=cut_short_lines(results), domain_columns=domain_columns(results))
     if (run_dir / "listening" / "analysis.json").is_file():  # `divcfg listen RUN --analyse` was run
         from divcfg.listening.analysis import add_section_to_page
         page = add_section_to_page(page, run_dir)

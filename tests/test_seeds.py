@@ -4,6 +4,7 @@ rows, the two-way bootstrap over prompts and seeds (paired across systems), seed
 from __future__ import annotations
 
 import csv
+import html
 import json
 from pathlib import Path
 
@@ -41,6 +42,10 @@ def seeded_run(data_dir, tmp_path_factory):  # noqa: F811
     setup = {**shared_tiny_setup(data_dir, tmp_path_factory), "tokenizer": str(data_dir / "tokenizer.json")}
     root = tmp_path_factory.mktemp("seed_students")
     students = [make_students(setup, root, s) for s in (3, 7)]
+    # seed 7's diversity student was stopped by its time cap (the marker a capped fine-tuning run writes)
+    from divcfg.stages import mark_finished
+    mark_finished(Path(students[1]["diversity"]).parent, "finetune", 5, 10,
+                  cut_short={"steps_done": 5, "steps_planned": 10, "cap_minutes": 0.1})
     out = tmp_path_factory.mktemp("seeded_eval")
     argv = ["evaluate", "--preset", "tiny", "--base", setup["base"], "--embedder", setup["embedder"],
             "--scorer", setup["scorer"], "--data-dir", str(data_dir), "--out", str(out), "--threads", "1",
@@ -161,3 +166,21 @@ def test_single_seed_run_has_claims_and_training_status(data_dir, tmp_path_facto
     assert all(v["cut_short"] is None for v in res["training_status"].values())
     on_disk = json.loads((tmp_path / "results.json").read_text())
     assert on_disk["claims"] == json.loads(json.dumps(res["claims"]))
+
+
+def test_report_shows_seed_spread_claims_and_cut_short(seeded_run):
+    from divcfg.report import render_report
+    results, out, students = seeded_run
+    cut = results["training_status"][students[1]["diversity"]]["cut_short"]
+    assert cut == {"steps_done": 5, "steps_planned": 10, "cap_minutes": 0.1}
+    assert results["training_status"][students[0]["diversity"]]["cut_short"] is None
+    page = render_report(out, n_prompts=1, n_generations=1, audio=False).read_text()
+    assert page.count('class="cut-short"') == 1 and f"{students[1]['diversity']} was CUT SHORT" in page
+    for c in results["claims"]["claims"]:
+        assert c["sentence"] in html.unescape(page)
+    assert "seeds agree?" in page and page.count('class="seeds-agree"') == len(results["systems"])
+    assert page.count('class="per-seed muted"') == 10 and "(mean of 2 seeds)" in page
+    assert "key exact" in page and "meter" in page   # attribute accuracy columns
+    # listening rows: one seed's students by default
+    assert "distilled β=0 (seed 3)" in page.split('id="listen"')[1]
+    assert "distilled β=0 (seed 7)" not in page.split('id="listen"')[1]
