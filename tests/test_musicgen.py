@@ -39,6 +39,8 @@ def tiny_musicgen(seed: int = 0):
         model.enc_to_dec_proj.weight.mul_(30.0)     # and a text condition that matters
         for layer in model.decoder.model.decoder.layers:
             layer.encoder_attn.v_proj.weight.mul_(10.0)
+        for q in model.audio_encoder.quantizer.layers:   # EnCodec's codebooks start as zeros (k-means init)
+            q.codebook.embed.normal_()
     model.generation_config.decoder_start_token_id = C
     model.generation_config.pad_token_id = C
     return model
@@ -222,6 +224,7 @@ def test_decode_to_wav(tmp_path):
     assert all(codes[k, f] == grid[f + k, k] for k in range(K) for f in range(6))
     waves = gen.audio(seqs)
     assert all(w.shape == (6 * HOP,) and abs(w).max() > 0 for w in waves)
+    assert abs(waves[0] - waves[1]).max() > 1e-3                     # other codes, other audio
     assert gen.audio([seqs[0][:K * 2]]) == [None]                    # no complete frame
     path = write_wav(tmp_path / "a.wav", waves[0], gen.sampling_rate)
     with wave.open(str(path)) as w:
@@ -255,7 +258,7 @@ def test_plugin_loads_samples_decodes_and_saves(tmp_path):
     from divcfg.models.base import load_generator_any
     save_tiny_checkpoint(tmp_path / "mg")
     plug = load_generator_any(f"hf:{tmp_path / 'mg'}")
-    assert plug.kind == "musicgen" and plug.completion_kind == "audio"
+    assert (plug.kind, plug.family, plug.completion_kind) == ("hf", "musicgen", "audio")
     assert plug.model.cfg.frames == 8 - K
     cond = plug.encode_prompts(["a calm song", "dark fast drums with piano"])
     assert cond.shape == (2, 6) and cond[0, 3] == 1 and (cond[0, 4:] == 0).all()
@@ -266,7 +269,7 @@ def test_plugin_loads_samples_decodes_and_saves(tmp_path):
     assert [w.shape for w in waves] == [(7 * HOP,)] * 2
     plug.save(tmp_path / "run" / "checkpoint", {"stage": "test", "gamma": 3.0})
     again = load_generator_any(f"hf:{tmp_path / 'run'}")
-    assert again.kind == "musicgen" and again.model.cfg.frames == 7 and again.record["gamma"] == 3.0
+    assert again.family == "musicgen" and again.model.cfg.frames == 7 and again.record["gamma"] == 3.0
     for (n, a), (_, b) in zip(plug.weights().items(), again.weights().items()):
         assert torch.equal(a, b), n
     x = out.with_bos(plug.model.cfg.bos_id)[:, :-1]
@@ -309,5 +312,6 @@ def test_audio_domain_writes_wavs_and_judges_clips(tmp_path):
     clips = plug.decode([r["tokens"] for r in rows])
     emb, valid = judge.embed_with_mask(clips)
     assert valid.all() and torch.isfinite(emb).all()
+    assert group_mean_diversity(judge, clips, 2).min() > 0            # two generations of a prompt differ
     assert domain.reward_valid("empty", clips + [None], [None] * 5, torch.ones(5, dtype=torch.bool)).tolist() == \
         [True] * 4 + [False]

@@ -37,7 +37,11 @@ def is_musicgen_folder(folder: str | os.PathLike) -> bool:
 
 
 class MusicgenPlugin(HFGenerator):
-    kind = "musicgen"
+    """``kind`` stays ``"hf"`` (the core treats every transformers-folder plug-in alike: ``max_len``
+    from the run's lengths, ``plugin.lm``, ``save_pretrained``); ``family`` and ``completion_kind``
+    say it is MusicGen and that completions are audio."""
+    kind = "hf"
+    family = "musicgen"
     completion_kind = "audio"
 
     def __init__(self, gen: MusicgenGenerator, tokenizer, path: Path, record: dict):
