@@ -61,7 +61,15 @@ def seed_pairs(cfg) -> list[dict[str, str]]:
 def _training_seed(spec: str) -> int | None:
     from divcfg.models.base import is_hf_spec, spec_path
     path = spec_path(spec)
-    for f in ((path / "divcfg.json",) if is_hf_spec(spec) else (path / "config.json", path.parent / "DONE.json")):
+    if is_hf_spec(spec):
+        files = (path / "divcfg.json",)
+    else:
+        from divcfg.checkpoint import resolve_checkpoint_dir
+        try:
+            path = resolve_checkpoint_dir(path)
+        except Exception:  # noqa: BLE001 - unreadable here: evaluate reports it in its own words
+            pass
+        files = (path / "config.json",)
         try:
             rec = json.loads(f.read_text())
         except (OSError, ValueError):
