@@ -24,6 +24,13 @@ Hugging Face models (``hf:PATH``, both sides): the same LERP over every tensor o
 one-line error); the result is written with ``save_pretrained`` (+ tokenizer), loadable by plain
 transformers, with the merge record in ``divcfg.json``. ``iter_merged_generators`` yields generator
 plug-ins (``divcfg.models.base``) for either kind; ``divcfg evaluate`` uses it.
+
+LoRA students (``divcfg finetune --lora-r``; checkpoints that hold adapters only): each student is
+first merged into full weights, ``W_A = W + s_A·B_A·A_A`` and ``W_B = W + s_B·B_B·A_B``, and those
+are interpolated: ``θ_λ = (1-λ)·W_A + λ·W_B``. This equals the base plus the LERP of the adapter
+*deltas* ``ΔW = s·B·A`` (``W + (1-λ)·ΔW_A + λ·ΔW_B``), which is what we mean; it is **not** the LERP
+of A and B separately (``B_λ·A_λ`` has cross terms ``λ(1-λ)(B_A·A_B + B_B·A_A)``). The result is a
+plain full checkpoint (no adapters). Adapters may differ in rank and targets.
 """
 
 from __future__ import annotations
@@ -232,14 +239,28 @@ def _hf_merge_record(A, B, lam: float) -> dict:
             "provenance": provenance(None, stage="merge")}
 
 
+def _load_plugin(spec: str, device: str | torch.device = "cpu", **kw):
+    """A generator plug-in; a LoRA student comes back with its adapters merged into the weights."""
+    from divcfg.finetune.lora import is_lora_checkpoint, load_merged, lora_dir
+    from divcfg.models.base import load_generator_any
+    if is_lora_checkpoint(spec):
+        return load_merged(lora_dir(spec), device, **kw)
+    return load_generator_any(spec, device, **kw)
+
+
+def _plain_builtin(spec_a: str, spec_b: str) -> bool:
+    from divcfg.finetune.lora import is_lora_checkpoint
+    from divcfg.models.base import is_hf_spec
+    return not any(is_hf_spec(s) or is_lora_checkpoint(s) for s in (spec_a, spec_b))
+
+
 def merge_any(spec_a: str, spec_b: str, lam: float, out: str | os.PathLike) -> Path:
-    """``divcfg merge``: built-in checkpoints via :func:`merge_checkpoints`; ``hf:`` folders by the
-    same LERP, saved with ``save_pretrained``."""
-    from divcfg.models.base import is_hf_spec, load_generator_any
-    if not (is_hf_spec(spec_a) or is_hf_spec(spec_b)):
+    """``divcfg merge``: built-in checkpoints via :func:`merge_checkpoints`; ``hf:`` folders and LoRA
+    students (merged into full weights first, see the module doc) by the same LERP over plug-ins."""
+    if _plain_builtin(spec_a, spec_b):
         return merge_checkpoints(spec_a, spec_b, lam, out)
     lam = _check_lam(lam)
-    A, B = load_generator_any(spec_a), load_generator_any(spec_b)
+    A, B = _load_plugin(spec_a), _load_plugin(spec_b)
     _check_plugins(A, B)
     out = Path(out)
     if out.resolve() in (A.path.resolve(), B.path.resolve()):
@@ -251,15 +272,15 @@ def merge_any(spec_a: str, spec_b: str, lam: float, out: str | os.PathLike) -> P
 def iter_merged_generators(spec_a: str, spec_b: str, lams: Sequence[float], device: str = "cpu",
                            null_prompt: str | None = None) -> Iterator[tuple[float, object]]:
     """``(λ, generator plug-in)`` per λ, in memory (one module reused: use it before advancing)."""
-    from divcfg.models.base import is_hf_spec, load_generator_any
-    if not (is_hf_spec(spec_a) or is_hf_spec(spec_b)):
+    if _plain_builtin(spec_a, spec_b):
         from divcfg.models.builtin import BuiltinGenerator
         for lam, model, config in iter_merges(spec_a, spec_b, lams):
             yield lam, BuiltinGenerator(model.to(device), Path(config["_dir"]), config)
         return
     lams = [_check_lam(x) for x in lams]
-    A = load_generator_any(spec_a, device, null_prompt=null_prompt)
-    B = load_generator_any(spec_b, "cpu", null_prompt=null_prompt)
+    kw = {"null_prompt": null_prompt}
+    A = _load_plugin(spec_a, device, **(kw if _is_hf(spec_a) else {}))
+    B = _load_plugin(spec_b, "cpu", **(kw if _is_hf(spec_b) else {}))
     _check_plugins(A, B)
     wa, wb = {k: v.cpu().clone() for k, v in A.weights().items()}, B.weights()
     record_a = dict(A.record)
@@ -268,6 +289,14 @@ def iter_merged_generators(spec_a: str, spec_b: str, lams: Sequence[float], devi
         A.record = record_a
         A.record = {**record_a, **_hf_merge_record(A, B, lam)}
         yield lam, A
+
+
+def _is_hf(spec: str) -> bool:
+    from divcfg.finetune.lora import is_lora_checkpoint, lora_dir, read_lora_record
+    from divcfg.models.base import is_hf_spec
+    if is_lora_checkpoint(spec):
+        return read_lora_record(lora_dir(spec))[1]["base"].startswith("hf:")
+    return is_hf_spec(spec)
 
 
 def add_arguments(parser) -> None:

@@ -71,4 +71,9 @@ def add_arguments(parser) -> None:
 def run(args) -> None:
     from divcfg.config import resolve_config
     cfg = resolve_config(FinetuneConfig, args, PRESETS, default_preset="small")
+    from divcfg.finetune.distributed import launch, world_size_from_env
+    if cfg.num_processes > 1 and world_size_from_env() == 1:
+        cfg.validate()
+        launch(cfg, resume=args.resume, progress=not args.no_progress)   # N processes (torch.distributed.run)
+        return
     finetune(cfg, resume=args.resume, progress=not args.no_progress)

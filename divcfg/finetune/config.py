@@ -11,10 +11,11 @@ from divcfg.objectives import BASELINES, DIVERGENCES
 
 PG_NORMALISATIONS = ("token", "sequence")
 REWARD_GATES = ("empty", "meter")
+TEACHER_DTYPES = ("fp32", "bf16")
 # fields a --resume must not change (the run would silently become another experiment)
 KEY_FIELDS = ("base", "gamma", "beta", "divergence", "jsd_beta", "group_size", "baseline", "pg_normalise", "reward_gate",
               "prompts_per_step", "max_new_tokens", "seed", "embedder", "prompts", "null_prompt", "diversity_judge",
-              "quality_judge", "quality_weight")
+              "quality_judge", "quality_weight", "lora_r", "lora_alpha", "lora_target_modules")
 
 
 @dataclass
@@ -72,6 +73,20 @@ class FinetuneConfig:
     judge_device: str = field("", "device of the text judges (empty = --device); music checkpoints' judges run on the CPU")
     threads: int = field(1, "torch CPU threads (0 = torch's default). On a shared 2-core machine 1 is "
                          "much faster: 2 threads that wait on each other slow sampling down ~30x under load", ge=0)
+    lora_r: int = field(0, "LoRA rank R (0 = full fine-tuning); the teacher is then the same module with the "
+                        "adapters disabled (one copy of the base weights)", ge=0)
+    lora_alpha: float = field(16.0, "LoRA scale numerator: ΔW = (alpha/R)·B·A", gt=0)
+    lora_dropout: float = field(0.0, "dropout on the LoRA branch's input", ge=0, le=1)
+    lora_target_modules: str = field("", "comma-separated module-name suffixes that get adapters (empty = every "
+                                     "block linear of the built-in model; peft's default for a Hugging Face one)")
+    merge_lora: bool = field(False, "at the end, also write <out>/merged: the LoRA student as a plain full checkpoint")
+    gradient_checkpointing: bool = field(False, "recompute each block's activations in the backward pass "
+                                         "(less memory for long generations, ~30% more update time)")
+    teacher_dtype: str = field("fp32", "dtype of the frozen teacher copy (bf16 halves its memory; full "
+                               "fine-tuning only: with LoRA the teacher shares the student's weights)",
+                               choices=TEACHER_DTYPES)
+    num_processes: int = field(1, "data-parallel processes (launches them with torch.distributed, gloo on CPU); "
+                               "the effective batch is prompts_per_step × group_size × processes", ge=1)
     preset: str = field("small", "preset this config came from (informational)")
 
     def validate(self) -> None:
@@ -86,6 +101,10 @@ class FinetuneConfig:
              "--beta > 0 needs a diversity judge: pass --embedder CKPT or --diversity-judge module:function"),
             (self.eval_samples >= 2 or not (self.embedder or self.diversity_judge or self.prompts),
              "--eval-samples must be at least 2 to measure diversity"),
+            (not (self.lora_r and self.teacher_dtype != "fp32"),
+             "--teacher-dtype bf16 with --lora-r: the teacher shares the student's base weights; use --bf16 "
+             "(autocast) instead, or full fine-tuning"),
+            (not self.merge_lora or self.lora_r > 0, "--merge-lora needs --lora-r R > 0"),
             (self.quality_weight == 0 or bool(self.scorer or self.quality_judge or self.prompts),
              "--quality-weight > 0 needs a quality judge: pass --scorer CKPT or --quality-judge module:function"),
         ]

@@ -23,10 +23,11 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from divcfg.errors import UserError
 from divcfg.finetune.config import FinetuneConfig
 from divcfg.finetune.quick_eval import VocabRestriction, check_finite, generated_mask, quick_eval
-from divcfg.finetune.setup import (autocast_supported, device_of, load_base, load_judges, load_student,
-                                   make_optimizer, restore)
+from divcfg.finetune.distributed import DataParallel, gather_step_rewards, rank_seed
+from divcfg.finetune.setup import autocast_supported, device_of, load_judges, load_models, make_optimizer, restore
 from divcfg.guidance import guided_sequence_logprobs
 from divcfg.objectives import (RewardBaseline, masked_token_mean, reinforce_surrogate, sequence_logprobs,
                                token_divergence, token_entropy)
@@ -56,8 +57,9 @@ def teacher_logprobs(teacher, x, cond, cfg, autocast: bool, restrict: VocabRestr
 
 
 def reward(judges, domain, student, out_s, texts: list[str], infos: list, cfg, baseline: RewardBaseline,
-           device) -> tuple[torch.Tensor | None, dict]:
-    """Advantages (P, G) of the pairwise diversity reward (+ w·quality), or None without a judge."""
+           device, dp: DataParallel | None = None) -> tuple[torch.Tensor | None, dict]:
+    """Advantages (P, G) of the pairwise diversity reward (+ w·quality), or None without a judge.
+    Data parallel: the baseline and the statistics use every rank's rewards (``dp``)."""
     if judges.diversity is None:
         return None, {}
     G = cfg.group_size
@@ -69,26 +71,39 @@ def reward(judges, domain, student, out_s, texts: list[str], infos: list, cfg, b
 
     sr = step_rewards(judges.diversity, completions, G, gate, judges.quality, [t for t in texts for _ in range(G)],
                       cfg.quality_weight)
+    if dp is not None and dp.world > 1:
+        sr_all = gather_step_rewards(dp, sr)
+        adv_all = advantages(baseline, sr_all, cfg.quality_weight)
+        return adv_all[dp.rows(adv_all, cfg.prompts_per_step)].to(device), sr_all.stats(adv_all)
     adv = advantages(baseline, sr, cfg.quality_weight)
     return adv.to(device), sr.stats(adv)
 
 
-def update(student, x, cond, targets, mask, teacher_lp, adv, cfg, opt, sched, autocast, restrict, guard):
-    """``updates_per_batch`` AdamW steps on ``D(π_θ‖π_γ) − β·S``; metrics of the first (on-policy) pass."""
+def update(student, x, cond, targets, mask, teacher_lp, adv, cfg, opt, sched, autocast, restrict, guard,
+           train_model=None, dp: DataParallel | None = None):
+    """``updates_per_batch`` AdamW steps on ``D(π_θ‖π_γ) − β·S``; metrics of the first (on-policy) pass.
+
+    Data parallel (``dp``, ``train_model`` = the DDP-wrapped module): the token mean and the
+    surrogate's length normaliser use the counts of all ranks, so the all-reduced gradient is the
+    union batch's (``divcfg.finetune.distributed``)."""
+    train_model = student.model if train_model is None else train_model
+    world = 1 if dp is None else dp.world
     n_gen = mask.sum()
+    n_all = n_gen if world == 1 else dp.sum(n_gen).to(n_gen.device)
+    share = 1.0 if world == 1 else n_gen.float() * world / n_all   # this rank's tokens / the mean per rank
     first = None
     for _ in range(cfg.updates_per_batch):  # passes after the first reuse the batch (slightly off-policy)
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
-            student_lp = restrict.logprobs(student.model(x, cond))
+            student_lp = restrict.logprobs(train_model(x, cond))
         kl = masked_token_mean(token_divergence(student_lp, teacher_lp, cfg.divergence, cfg.jsd_beta), mask)
-        loss = kl
+        loss = kl * share if world > 1 else kl
         surrogate = torch.zeros((), device=x.device)
         if adv is not None and cfg.beta > 0:
             seq_lp = sequence_logprobs(student_lp, targets, mask)
             surrogate = reinforce_surrogate(seq_lp, adv)
             if cfg.pg_normalise == "token":
-                surrogate = surrogate / (n_gen.float() / mask.shape[0]).clamp(min=1.0)
-            loss = kl - cfg.beta * surrogate
+                surrogate = surrogate / (n_all.float() / (mask.shape[0] * world)).clamp(min=1.0)
+            loss = loss - cfg.beta * surrogate
         opt.zero_grad(set_to_none=True)
         loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(student.model.parameters(), cfg.grad_clip)
@@ -109,14 +124,22 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
     cfg.validate()
     domain = load_domain(cfg.prompts, cfg.data_dir, cfg.base)
     device = device_of(cfg)
+    dp = DataParallel(device, find_unused=not cfg.lora_r)
+    if cfg.num_processes > 1 and dp.world != cfg.num_processes:
+        raise UserError(f"--num-processes {cfg.num_processes} but {dp.world} process(es) were launched: use "
+                        f"`divcfg finetune --num-processes N` alone, or a launcher with the same count")
     out = Path(cfg.out)
     ckpt_dir = out / "checkpoint"
     seed_everything(cfg.seed)
 
-    teacher = load_base(cfg, device)
-    student, state = load_student(cfg, teacher, out, resume, device)
+    student, teacher, state = load_models(cfg, out, resume, device)
     domain.prepare_generator(student)
-    student.prepare_run(out)
+    if dp.is_main:
+        student.prepare_run(out)
+    dp.barrier()
+    if not dp.is_main:
+        student.prepare_run(out)
+    train_model = dp.wrap(student.model)
     judges = load_judges(cfg, domain, student)
     pool = domain.train_pool()
     val_prompts = domain.prompts("val", student, limit=cfg.eval_prompts, seed=cfg.seed)
@@ -124,28 +147,41 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
                                 device)
     opt, sched = make_optimizer(student.model, cfg)
     baseline = RewardBaseline(cfg.baseline, cfg.ema_decay)
-    rng = random.Random(cfg.seed)
-    gen = torch.Generator(device=device).manual_seed(cfg.seed)
-    run = restore(state, opt, sched, baseline, rng, gen)
+    rng = random.Random(rank_seed(cfg.seed, dp.rank))   # each rank draws its own prompts
+    gen = torch.Generator(device=device).manual_seed(rank_seed(cfg.seed, dp.rank))
+    run = restore(state, opt, sched, baseline, rng, gen, dp.rank, dp.world)
+    effective = cfg.prompts_per_step * cfg.group_size * dp.world
 
     autocast = autocast_supported(cfg.bf16, device)
     record = {"finetune": dataclasses.asdict(cfg), "base_checkpoint": str(teacher.path), "gamma": cfg.gamma,
               "beta": cfg.beta, "bf16": autocast, "domain": domain.name,
               "data_dir": str(getattr(domain, "data_dir", "")) or None, "prompts_file": cfg.prompts or None,
               "judges": judges.names, "base_provenance": teacher.record.get("provenance"),
-              "parameters": student.num_parameters()}
-    out.mkdir(parents=True, exist_ok=True)
-    clear_finished(out)  # training (again): not a finished result until the marker is rewritten
-    # a fresh run starts an empty log; a resume drops the rows logged after its checkpoint
-    truncate_metrics(out / "metrics.jsonl", run.step, state.get("metrics_bytes") if state is not None else 0)
-    metrics_f = open(out / "metrics.jsonl", "a")
+              "parameters": student.num_parameters(),
+              "trainable_parameters": sum(p.numel() for p in student.model.parameters() if p.requires_grad),
+              **({"lora": student.lora_record} if cfg.lora_r else {}), "num_processes": dp.world,
+              "effective_batch": {"prompts": cfg.prompts_per_step, "group_size": cfg.group_size,
+                                  "processes": dp.world, "generations": effective}}
+    metrics_f = None
+    if dp.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        clear_finished(out)  # training (again): not a finished result until the marker is rewritten
+        # a fresh run starts an empty log; a resume drops the rows logged after its checkpoint
+        truncate_metrics(out / "metrics.jsonl", run.step, state.get("metrics_bytes") if state is not None else 0)
+        metrics_f = open(out / "metrics.jsonl", "a")
     time_cap = TimeCap(cfg.max_minutes)
 
     def log(row: dict) -> None:
-        metrics_f.write(json.dumps(row) + "\n")
-        metrics_f.flush()
+        if metrics_f is not None:
+            metrics_f.write(json.dumps(row) + "\n")
+            metrics_f.flush()
 
     def save(metrics_bytes: int | None = None, cut_short: dict | None = None) -> None:
+        rank_rng = dp.objects({"python_rng": python_rng_state(rng), "torch_rng": torch.get_rng_state(),
+                               "sample_rng": gen.get_state()})
+        if not dp.is_main:
+            dp.barrier()
+            return
         metrics_f.flush()
         conf = {**record, "step": run.step, "elapsed_s": run.elapsed, "eval": run.last_eval,
                 "first_eval": run.first_eval, "cut_short": cut_short,
@@ -155,9 +191,11 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
               "step": run.step, "elapsed": run.elapsed, "python_rng": python_rng_state(rng),
               "torch_rng": torch.get_rng_state(), "sample_rng": gen.get_state(), "last_eval": run.last_eval,
               "first_eval": run.first_eval,
-              "metrics_bytes": metrics_size(out / "metrics.jsonl") if metrics_bytes is None else metrics_bytes}
+              "metrics_bytes": metrics_size(out / "metrics.jsonl") if metrics_bytes is None else metrics_bytes,
+              "world_size": dp.world, "rank_rng": rank_rng}
         student.save(ckpt_dir, conf, ts)
         run.saved_step = run.step
+        dp.barrier()
 
     def evaluate(model=student, gamma: float = 1.0, prefix: str = "eval") -> dict:
         t0 = time.time()
@@ -170,9 +208,13 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
     def guard(loss, gnorm) -> None:
         check_finite(loss, gnorm, run.step, ckpt_dir, run.saved_step)
 
-    print(f"finetune: γ={cfg.gamma} β={cfg.beta} {cfg.divergence}, {cfg.prompts_per_step}×{cfg.group_size} samples "
-          f"of ≤{cfg.max_new_tokens} tokens per step, bf16={autocast}, {domain.name} domain, base '{teacher.path}'")
-    if state is None:
+    if dp.is_main:
+        print(f"finetune: γ={cfg.gamma} β={cfg.beta} {cfg.divergence}, {cfg.prompts_per_step}×{cfg.group_size} samples "
+              f"of ≤{cfg.max_new_tokens} tokens per step, bf16={autocast}, {domain.name} domain, base '{teacher.path}'"
+              + (f", LoRA r={cfg.lora_r}" if cfg.lora_r else ""))
+        print(f"effective batch: {cfg.prompts_per_step} prompts × {cfg.group_size} generations × {dp.world} "
+              f"process(es) = {effective} generations per step")
+    if state is None and dp.is_main:
         run.first_eval = evaluate()
         if cfg.eval_teacher:
             run.first_eval.update(evaluate(teacher, cfg.gamma, "eval_teacher"))
@@ -180,7 +222,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
         tqdm.write("start: " + _fmt(run.first_eval))
 
     bar = tqdm(total=cfg.max_steps, initial=run.step, desc=f"finetune β={cfg.beta:g}", dynamic_ncols=True,
-               disable=not progress)
+               disable=not progress or not dp.is_main)
     G, P = cfg.group_size, cfg.prompts_per_step
     while run.step < cfg.max_steps and not time_cap.reached(run.elapsed):
         t_start = time.time()
@@ -191,14 +233,14 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
         t_sample, t0 = time.time() - t0, time.time()
         teacher_lp = teacher_logprobs(teacher, x, cond, cfg, autocast, restrict)
         t_teacher, t0 = time.time() - t0, time.time()
-        adv, reward_stats = reward(judges, domain, student, out_s, texts, infos, cfg, baseline, device)
+        adv, reward_stats = reward(judges, domain, student, out_s, texts, infos, cfg, baseline, device, dp)
         t_reward, t0 = time.time() - t0, time.time()
         loss, kl, surrogate, student_lp, gnorm = update(student, x, cond, targets, mask, teacher_lp, adv, cfg, opt,
-                                                        sched, autocast, restrict, guard)
+                                                        sched, autocast, restrict, guard, train_model, dp)
         t_update = time.time() - t0
 
         run.step += 1
-        step_time = time.time() - t_start
+        step_time = dp.max(time.time() - t_start)   # one clock for all ranks (the time cap must agree)
         run.elapsed += step_time
         with torch.no_grad():
             ent = float(masked_token_mean(token_entropy(student_lp), mask))
@@ -210,11 +252,12 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
                "tokens_per_s": float(mask.sum()) / step_time, "grad_norm": float(gnorm), "lr": sched.get_last_lr()[0],
                "time/sampling": t_sample, "time/teacher": t_teacher, "time/reward": t_reward,
                "time/update": t_update, "time/step": step_time, "elapsed_s": run.elapsed}
+        row = dp.mean_row(row)
         log(row)
         bar.set_postfix(kl=f"{rev_kl:.3f}", r=f"{reward_stats.get('reward/diversity/mean', float('nan')):.3f}",
                         tok_s=f"{row['tokens_per_s']:.0f}")
         bar.update(1)
-        if cfg.eval_every and run.step % cfg.eval_every == 0 and run.step < cfg.max_steps:
+        if cfg.eval_every and run.step % cfg.eval_every == 0 and run.step < cfg.max_steps and dp.is_main:
             run.last_eval = evaluate()
             bar.write(f"step {run.step}: " + _fmt(run.last_eval))
         if cfg.ckpt_every and run.step % cfg.ckpt_every == 0:
@@ -222,9 +265,15 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
     bar.close()
     cut_short = time_cap.cut_short("finetune", run.step, cfg.max_steps)
     before_end_eval = metrics_size(out / "metrics.jsonl")  # a resume after the final save redoes the end row
-    run.last_eval = evaluate()
+    if dp.is_main:
+        run.last_eval = evaluate()
     save(metrics_bytes=before_end_eval, cut_short=cut_short)
+    if not dp.is_main:
+        return ckpt_dir
     metrics_f.close()
+    if cfg.merge_lora:
+        from divcfg.finetune.lora import merge_lora_checkpoint
+        print(f"merged LoRA student (plain full checkpoint) -> {merge_lora_checkpoint(ckpt_dir, out / 'merged')}")
     summary = {"step": run.step, "elapsed_s": run.elapsed, "gamma": cfg.gamma, "beta": cfg.beta,
                "base_checkpoint": str(teacher.path), "start": run.first_eval, "end": run.last_eval,
                "last_train": _last_train_means(out / "metrics.jsonl"), "cut_short": cut_short}

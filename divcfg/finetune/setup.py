@@ -100,6 +100,64 @@ def load_student(cfg, teacher: GeneratorPlugin, out: Path, resume: bool,
     return student, state
 
 
+def load_models(cfg, out: Path, resume: bool, device: torch.device):
+    """``(student, teacher, training state or None)``. Full fine-tuning: a frozen teacher copy of the
+    base (``--teacher-dtype``) and a student (fresh or resumed). LoRA (``--lora-r``): the base is
+    loaded once; the student is it with adapters, the teacher the same module with them disabled."""
+    teacher = load_base(cfg, device)
+    if not cfg.lora_r:
+        student, state = load_student(cfg, teacher, out, resume, device)
+        if cfg.teacher_dtype == "bf16":
+            teacher.model.to(torch.bfloat16)
+    else:
+        from divcfg.finetune import lora
+        ckpt_dir, state = out / "checkpoint", None
+        if resume and _has_checkpoint(out):
+            found = lora.read_lora_record(ckpt_dir)
+            if found is None:
+                raise UserError(f"'{ckpt_dir}' is not a LoRA checkpoint: resume without --lora-r, or use another --out")
+            _check_resumable(cfg, found[0], ckpt_dir)
+            state = load_training_state(ckpt_dir)
+            if state is None:
+                raise UserError(f"'{ckpt_dir}' has no training state to resume from: start a new run with another --out")
+        elif _has_checkpoint(out):
+            raise UserError(f"'{out}' already holds a fine-tuning checkpoint: pass --resume to continue it, "
+                            f"or choose another --out")
+        student, teacher = lora.make_lora_student(teacher, lora.lora_settings(cfg, teacher), cfg.base)
+        if state is not None:
+            lora.load_adapters(student, ckpt_dir)
+        student.model.eval()
+    if cfg.gradient_checkpointing:
+        checkpoint_blocks(student.model)
+    return student, teacher, state
+
+
+def checkpoint_blocks(model: torch.nn.Module) -> int:
+    """Gradient checkpointing: each block of the model's layer list (the built-in ``blocks``, a
+    transformers model's ``h``/``layers``: the ``ModuleList`` holding most parameters) recomputes
+    its activations in the backward pass (``torch.utils.checkpoint``, non-reentrant) whenever it
+    runs with gradients and without a KV cache, i.e. in the training forward only. Returns the
+    number of blocks wrapped."""
+    from torch.utils.checkpoint import checkpoint
+    lists = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList) and len(m) > 0]
+    if not lists:
+        return 0
+    blocks = max(lists, key=lambda m: sum(p.numel() for p in m.parameters()))
+
+    def wrap(orig):
+        def forward(*a, **kw):
+            cached = any(k in kw and kw[k] is not None for k in ("cache", "past_key_values", "layer_past")) \
+                or (len(a) > 1 and a[1] is not None)
+            if torch.is_grad_enabled() and not cached:
+                return checkpoint(orig, *a, use_reentrant=False, **kw)
+            return orig(*a, **kw)
+        return forward
+
+    for blk in blocks:
+        blk.forward = wrap(blk.forward)
+    return len(blocks)
+
+
 def load_judges(cfg, domain, student: GeneratorPlugin):
     """The domain's judges (or the user's ``module:function`` ones) on ``--judge-device``."""
     return domain.judges(embedder=cfg.embedder, scorer=cfg.scorer, diversity_judge=cfg.diversity_judge,
@@ -128,10 +186,16 @@ class Progress:
 
 
 def restore(state: dict | None, opt, sched, baseline: RewardBaseline, rng: random.Random,
-            gen: torch.Generator) -> Progress:
-    """Put a resumed run's optimizer, schedule, baseline and random streams back."""
+            gen: torch.Generator, rank: int = 0, world: int = 1) -> Progress:
+    """Put a resumed run's optimizer, schedule, baseline and random streams (this rank's) back."""
     if state is None:
         return Progress()
+    saved_world = int(state.get("world_size", 1))
+    if saved_world != world:
+        raise UserError(f"the run was trained with {saved_world} process(es), this resume has {world}: resume with "
+                        f"--num-processes {saved_world}")
+    if world > 1:
+        state = {**state, **state["rank_rng"][rank]}
     opt.load_state_dict(state["optimizer"])
     sched.load_state_dict(state["scheduler"])
     baseline.load_state_dict(state["baseline"])
@@ -139,7 +203,8 @@ def restore(state: dict | None, opt, sched, baseline: RewardBaseline, rng: rando
     torch.set_rng_state(state["torch_rng"])
     gen.set_state(state["sample_rng"].cpu() if torch.is_tensor(state["sample_rng"]) else state["sample_rng"])
     p = Progress(state["step"], state["elapsed"], state["step"], state.get("last_eval", {}), state.get("first_eval", {}))
-    print(f"resuming from step {p.step} ({p.elapsed / 60:.1f} min done)")
+    if rank == 0:
+        print(f"resuming from step {p.step} ({p.elapsed / 60:.1f} min done)")
     return p
 
 

@@ -23,6 +23,10 @@ TOKENIZER_FILE = "tokenizer.json"
 def load_generator(path: str | os.PathLike, device: str = "cpu") -> tuple[MusicTransformer, dict]:
     """``(model in eval mode, config dict)``; ``config["_dir"]`` is the checkpoint folder."""
     state, config = load_checkpoint(path, kind=KIND)
+    if config.get("lora"):  # a LoRA student (adapters only): the base with the adapters merged in
+        from divcfg.finetune.lora import load_merged
+        plugin = load_merged(resolve_checkpoint_dir(path), device)
+        return plugin.model, plugin.record
     model = MusicTransformer(ModelConfig.from_dict(config["model"]))
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)

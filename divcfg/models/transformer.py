@@ -73,9 +73,13 @@ class KVCache:
 
 def _linear(layer: nn.Linear, x: torch.Tensor, dtype: torch.dtype | None, cache: KVCache) -> torch.Tensor:
     """``layer(x)``, or what autocast to ``dtype`` computes for it (input and weights cast to
-    ``dtype``), with the weight copies kept in ``cache.weights`` instead of autocast's per-op path."""
+    ``dtype``), with the weight copies kept in ``cache.weights`` instead of autocast's per-op path.
+    A wrapped layer (a peft LoRA layer: not an ``nn.Linear``) runs its own forward under autocast."""
     if dtype is None:
         return layer(x)
+    if not isinstance(layer, nn.Linear):
+        with torch.autocast(x.device.type, dtype=dtype):
+            return layer(x)
     w = cache.weights.get(id(layer))
     if w is None:
         w = cache.weights[id(layer)] = (layer.weight.to(dtype),
