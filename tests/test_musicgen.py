@@ -19,7 +19,7 @@ from divcfg.sampling import sample
 K, C, HOP = 3, 32, 16      # codebooks, codes per codebook, audio samples per frame (800 Hz / 50 Hz)
 
 
-def tiny_musicgen(seed: int = 0):
+def tiny_musicgen(seed: int = 0, channels: int = 1, codebooks: int = K):
     from transformers import (EncodecConfig, MusicgenConfig, MusicgenDecoderConfig,
                               MusicgenForConditionalGeneration, T5Config)
     t5 = T5Config(vocab_size=40, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_decoder_layers=1, num_heads=2,
@@ -28,8 +28,8 @@ def tiny_musicgen(seed: int = 0):
                           num_residual_layers=1, upsampling_ratios=[4, 4], codebook_size=C, num_lstm_layers=1,
                           kernel_size=3, last_kernel_size=3, residual_kernel_size=3, codebook_dim=8)
     dec = MusicgenDecoderConfig(vocab_size=C, max_position_embeddings=64, num_hidden_layers=2, ffn_dim=32,
-                                num_attention_heads=2, hidden_size=24, num_codebooks=K, pad_token_id=C,
-                                bos_token_id=C, dropout=0.0)
+                                num_attention_heads=2, hidden_size=24, num_codebooks=codebooks, pad_token_id=C,
+                                bos_token_id=C, dropout=0.0, audio_channels=channels)
     torch.manual_seed(seed)
     model = MusicgenForConditionalGeneration(MusicgenConfig(text_encoder=t5.to_dict(), audio_encoder=codec.to_dict(),
                                                             decoder=dec.to_dict())).eval()
@@ -55,22 +55,24 @@ def _threads():
 PROMPTS = torch.tensor([[5, 6, 7, 1], [8, 9, 1, 0]])
 
 
-def stream_from_decoder_grid(grid: torch.Tensor, forced: torch.Tensor, delay_id: int, bos_id: int) -> torch.Tensor:
-    """transformers' decoder inputs (B, K, M') (column 0 = start) -> our stream [BOS, z_1,0 …]."""
+def stream_from_decoder_grid(grid: torch.Tensor, bos_id: int) -> torch.Tensor:
+    """transformers' decoder inputs (B, K, M') (column 0 = start) -> our stream [BOS, z_1,0 …]
+    (its delay token C is our delay id C)."""
     B, K_, M = grid.shape
     body = grid[:, :, 1:].permute(0, 2, 1).reshape(B, (M - 1) * K_)
-    body = torch.where(forced[:body.shape[1]].view(1, -1) >= 0, torch.full_like(body, delay_id), body)
     return torch.cat([torch.full((B, 1), bos_id), body], dim=1)
 
 
-def test_forward_and_cfg_match_transformers_generate():
+@pytest.mark.parametrize("channels,K", [(1, K), (2, 4)])
+def test_forward_and_cfg_match_transformers_generate(channels, K):
     """From one ``generate(guidance_scale=γ)`` run: the adapter's conditional and null logits equal
     the raw logits transformers computed for its cond and uncond halves at every step and codebook,
     and ``cfg_logprobs`` equals the log-softmax of transformers' ClassifierFreeGuidanceLogitsProcessor
-    output; the delayed positions are forced to the delay token."""
+    output; the stream holds the delay token exactly where transformers' delay mask put it (mono:
+    codebook k delayed by k; stereo: left/right pairs share the delay k//2)."""
     from transformers import LogitsProcessor, LogitsProcessorList
-    model = tiny_musicgen()
-    gamma, M = 3.0, 10                                   # M decoder positions -> S = 9 steps, F = 7 frames
+    model = tiny_musicgen(channels=channels, codebooks=K)
+    gamma, M = 3.0, 10                                   # M decoder positions -> S = 9 steps, F = M − 1 − D
     seen = {}
 
     class Record(LogitsProcessor):
@@ -90,9 +92,10 @@ def test_forward_and_cfg_match_transformers_generate():
     _, mask = model.decoder.build_delay_pattern_mask(torch.full((B * K, 1), C), C, max_length=M)
     grid = model.decoder.apply_delay_pattern_mask(seen["ids"], mask).view(B, K, -1)
 
-    gen = MusicgenGenerator(model, frames=M - K)
+    D = K // channels - 1
+    gen = MusicgenGenerator(model, frames=M - 1 - D)
     assert gen.cfg.steps == steps and gen.cfg.max_len == steps * K + 2
-    x = stream_from_decoder_grid(grid, gen.forced, gen.cfg.delay_id, gen.cfg.bos_id)   # (B, 1 + (M-2)·K)
+    x = stream_from_decoder_grid(grid, gen.cfg.bos_id)   # (B, 1 + (M-2)·K)
     T = x.shape[1]
     null = torch.arange(2 * B) >= B
     with torch.no_grad():
@@ -114,8 +117,8 @@ def test_forward_and_cfg_match_transformers_generate():
     forced = ~free
     assert (ours[:, forced].argmax(-1) == gen.cfg.delay_id).all()
     assert torch.allclose(ours[:, forced].exp().max(-1).values, torch.ones(1))
-    # transformers fed the delay token exactly where our stream has it
-    assert ((x[:, 1:] == gen.cfg.delay_id) == forced[:T - 1].view(1, -1)).all()
+    # transformers fed the delay token exactly where the adapter forces it
+    assert ((x[:, 1:] == C) == forced[:T - 1].view(1, -1)).all()
 
 
 def test_forward_step_equals_recomputation():
@@ -354,3 +357,22 @@ def test_finetune_loop_trains_musicgen_unchanged(tmp_path, monkeypatch):
     after = tuned.lm.state_dict()
     assert all(torch.equal(before[n], after[n]) for n in before if n.startswith(("text_encoder.", "audio_encoder.")))
     assert any(not torch.equal(before[n], after[n]) for n in before if n.startswith("decoder."))
+
+
+def test_stereo_decodes_two_channels(tmp_path):
+    """A stereo MusicGen (4 codebooks: left/right pairs): sampling forces the pair delays, decoding
+    gives a (2, F·hop) waveform (even codebooks left, odd right, as transformers' generate) and a
+    2-channel WAV."""
+    gen = MusicgenGenerator(tiny_musicgen(seed=17, channels=2, codebooks=4), frames=5)
+    assert gen.delays == [0, 0, 1, 1] and gen.cfg.steps == 6
+    out = sample(gen, PROMPTS, max_new_tokens=1000, gamma=3.0, generator=torch.Generator().manual_seed(0))
+    body = out.tokens[:, :6 * 4].view(-1, 6, 4)
+    assert (body[:, 0, 2:] == C).all() and (body[:, 5, :2] == C).all() and (body[:, :5, :2] < C).all()
+    clips = gen.audio(out.sequences())
+    assert all(c.shape == (2, 5 * HOP) for c in clips)
+    assert abs(clips[0][0] - clips[0][1]).max() > 1e-3               # left and right differ
+    codes = gen.codes(out.sequences()[0])
+    left = gen.lm.audio_encoder.decode(codes[None, None, ::2], audio_scales=[None]).audio_values[0, 0]
+    torch.testing.assert_close(torch.from_numpy(clips[0][0]), left.float())
+    with wave.open(str(write_wav(tmp_path / "s.wav", clips[0], gen.sampling_rate))) as w:
+        assert (w.getnchannels(), w.getnframes()) == (2, 5 * HOP)

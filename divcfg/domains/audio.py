@@ -10,7 +10,8 @@ diversity is ``1 − cos(e_i, e_j)``. It sees timbre and spectral balance, not m
 There is no built-in quality judge for audio (no text–audio model is available offline):
 ``--quality-judge module:function`` takes ``f(prompts, waveforms, **kw) -> list[float]``, and
 ``--diversity-judge module:function`` replaces the stand-in with ``f(waveforms) -> embeddings``.
-Waveforms are mono float32 numpy arrays at the generator's ``sampling_rate``.
+Waveforms are float32 numpy arrays at the generator's ``sampling_rate``: (samples,) mono or
+(2, samples) stereo (judged on the mono mix; written as stereo WAV).
 
 **Validity**: a clip is valid when it exists (the stream had a complete frame) and is not silent
 (RMS > 1e-4).
@@ -53,8 +54,9 @@ def mel_filterbank(n_freqs: int, n_mels: int, sampling_rate: int) -> torch.Tenso
 
 
 def log_mel(samples: np.ndarray, sampling_rate: int, n_mels: int = 32) -> torch.Tensor:
-    """(n_mels', frames) log-mel spectrogram: ~32 ms Hann windows, hop 1/4 window."""
-    x = torch.as_tensor(np.asarray(samples, dtype=np.float32))
+    """(n_mels', frames) log-mel spectrogram of the mono mix: ~32 ms Hann windows, hop 1/4 window."""
+    x = np.asarray(samples, dtype=np.float32)
+    x = torch.as_tensor(x.mean(0) if x.ndim == 2 else x)
     n_fft = 2 ** max(4, round(math.log2(max(sampling_rate * 0.032, 16))))
     n_fft = min(n_fft, 2 ** int(math.log2(max(len(x), 16))))
     if len(x) < n_fft:
@@ -66,7 +68,8 @@ def log_mel(samples: np.ndarray, sampling_rate: int, n_mels: int = 32) -> torch.
 
 
 def is_valid_clip(samples) -> bool:
-    return samples is not None and len(samples) > 0 and float(np.sqrt(np.mean(np.square(samples)))) > SILENCE_RMS
+    return (samples is not None and np.asarray(samples).size > 0
+            and float(np.sqrt(np.mean(np.square(samples)))) > SILENCE_RMS)
 
 
 class LogMelStatsDiversity:
@@ -131,7 +134,7 @@ class AudioDomain(TextDomain):
             q = torch.full((len(completions),), float("nan"))
         d_prompt = group_mean_diversity(judges.diversity, completions, G)
         return {"per_generation": {"quality": q.tolist(), "valid": valid, "n_notes": [int(v) for v in valid],
-                                   "seconds": [0.0 if c is None else len(c) / (getattr(generator, "sampling_rate", 0) or 1)
+                                   "seconds": [0.0 if c is None else np.asarray(c).shape[-1] / (getattr(generator, "sampling_rate", 0) or 1)
                                                for c in completions]},
                 "per_prompt": {"quality": q.view(K, G).mean(1).tolist(), "diversity": d_prompt.tolist()},
                 "summary": {}}
@@ -152,6 +155,6 @@ class AudioDomain(TextDomain):
                 continue
             path = write_wav(Path(out) / f"{slug(r['prompt'])}_{r['index']}.wav", clip, sr)
             r["completion"] = r["file"] = str(path)
-            r["seconds"] = len(clip) / sr
+            r["seconds"] = np.asarray(clip).shape[-1] / sr
             files.append(str(path))
         return files

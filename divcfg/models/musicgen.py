@@ -24,9 +24,10 @@ transformers; the token KL summed over the stream is the KL summed over codebook
 columns get the logit ``FORBIDDEN`` (a large finite negative, so CFG's ``(1−γ)·ℓ_u + γ·ℓ_c`` stays
 finite) except where forced.
 
-**The delay pattern.** Codebook k is delayed by k steps (``build_delay_pattern_mask``): with
-``M = S + 1`` decoder positions (the start included) codebook k holds the delay token at steps
-``s ≤ k`` and ``s ≥ M − K + 1 + k``, i.e. ``F = S − K + 1`` audio frames. Those positions, and EOS
+**The delay pattern.** Codebook k is delayed by ``d_k`` steps (``build_delay_pattern_mask``):
+``d_k = k`` for mono models; stereo models interleave left/right codebooks, ``d_k = ⌊k/2⌋``. With
+``D = max d_k`` and ``M = S + 1`` decoder positions (the start included), codebook k holds the delay
+token at steps ``s ≤ d_k`` and ``s ≥ M − D + d_k``, i.e. ``F = S − D`` audio frames. Those positions, and EOS
 after the last step, are *forced*: their logit row is 0 at the forced id and ``FORBIDDEN``
 elsewhere, identical for the conditional and the null condition. Consequences, all exact and with
 no change to the core: the sampler draws the forced id (log-prob 0); CFG leaves the row unchanged;
@@ -63,7 +64,8 @@ FORBIDDEN = -1e9   # the logit of ids that cannot come next (finite: see the mod
 @dataclass
 class MusicgenGeneratorConfig:
     """Protocol fields (``bos_id``, ``eos_id``, ``pad_id``, ``max_len``, ``vocab_size``) plus the
-    codebook layout: K codebooks of C codes, ``steps`` decoder steps = ``frames + K − 1``."""
+    codebook layout: K codebooks of C codes, ``steps`` decoder steps = ``frames + D`` (D = the
+    largest codebook delay: K − 1 mono, K/2 − 1 stereo), ``channels`` 1 or 2."""
     bos_id: int
     eos_id: int
     pad_id: int
@@ -75,6 +77,7 @@ class MusicgenGeneratorConfig:
     steps: int
     frames: int
     text_pad_id: int = 0
+    channels: int = 1
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -102,29 +105,33 @@ class MusicgenCache:
 
 class MusicgenGenerator(nn.Module):
     """Wraps ``model`` (a ``MusicgenForConditionalGeneration``) for ``frames`` audio frames
-    (``frames / frame_rate`` seconds). Mono models only (stereo interleaves codebook pairs)."""
+    (``frames / frame_rate`` seconds). Stereo models (``audio_channels=2``) interleave left and
+    right codebooks; a pair shares one delay, and each channel is decoded by the codec separately."""
 
     def __init__(self, model: nn.Module, *, frames: int, text_pad_id: int = 0):
         super().__init__()
         dec = model.config.decoder
-        if int(getattr(dec, "audio_channels", 1)) != 1:
-            raise UserError("stereo MusicGen checkpoints are not supported yet: use a mono one (musicgen-small/medium/large)")
         K, C = int(dec.num_codebooks), int(dec.vocab_size)
+        channels = int(getattr(dec, "audio_channels", 1) or 1)
+        if channels not in (1, 2) or K % channels:
+            raise UserError(f"a MusicGen decoder with {channels} audio channels and {K} codebooks is not supported: "
+                            f"use a mono or stereo MusicGen checkpoint")
         if frames < 1:
             raise UserError(f"a MusicGen generation needs at least 1 audio frame, got {frames}: raise --max-new-tokens")
         self.lm = model
         self.lm.text_encoder.requires_grad_(False)
         self.lm.audio_encoder.requires_grad_(False)
-        S = frames + K - 1
+        self.delays = [k // channels for k in range(K)]
+        S = frames + max(self.delays)
         self.cfg = MusicgenGeneratorConfig(bos_id=C + 1, eos_id=C + 2, pad_id=C + 3, max_len=S * K + 2,
                                            vocab_size=C + 4, num_codebooks=K, codebook_size=C, delay_id=C,
-                                           steps=S, frames=int(frames), text_pad_id=int(text_pad_id))
+                                           steps=S, frames=int(frames), text_pad_id=int(text_pad_id),
+                                           channels=channels)
         gen_cfg = getattr(model, "generation_config", None)
         start = getattr(gen_cfg, "decoder_start_token_id", None) if gen_cfg is not None else None
         if start is None:
             start = dec.bos_token_id if dec.bos_token_id is not None else dec.pad_token_id
         self.start_id = int(start)          # what transformers feeds at frame 0 and delayed positions
-        self.delays = list(range(K))
         self.register_buffer("forced", self._forced_ids(), persistent=False)
 
     # ------------------------------------------------------------------ layout
@@ -137,7 +144,7 @@ class MusicgenGenerator(nn.Module):
         t = torch.arange(S * K)
         s, k = t // K + 1, t % K
         d = torch.tensor(self.delays)[k]
-        delayed = (s <= d) | (s >= S - K + 2 + d)
+        delayed = (s <= d) | (s >= S - max(self.delays) + 1 + d)
         forced = torch.where(delayed, torch.full_like(t, c.delay_id), torch.full_like(t, -1))
         return torch.cat([forced, torch.tensor([c.eos_id, c.pad_id])])
 
@@ -295,8 +302,8 @@ class MusicgenGenerator(nn.Module):
 
     @torch.no_grad()
     def audio(self, seqs: list[list[int]]) -> list[np.ndarray | None]:
-        """Waveforms (float32, mono, ``sampling_rate``) of generated streams, via the EnCodec decoder
-        (None where a stream has no complete frame)."""
+        """Waveforms (float32 at ``sampling_rate``; shape (samples,) mono, (2, samples) stereo) of
+        generated streams, via the EnCodec decoder (None where a stream has no complete frame)."""
         out: list[np.ndarray | None] = [None] * len(seqs)
         codes = [self.codes(s) for s in seqs]
         by_len: dict[int, list[int]] = {}
@@ -306,19 +313,27 @@ class MusicgenGenerator(nn.Module):
         device = next(self.lm.audio_encoder.parameters()).device
         for idx in by_len.values():
             batch = torch.stack([codes[i] for i in idx]).to(device)          # (B, K, F)
-            values = self.lm.audio_encoder.decode(batch[None], audio_scales=[None] * len(idx)).audio_values
+            scales = [None] * len(idx)
+            if self.cfg.channels == 1:
+                values = self.lm.audio_encoder.decode(batch[None], audio_scales=scales).audio_values[:, :1]
+            else:                      # as transformers' generate: even codebooks left, odd right
+                values = torch.cat([self.lm.audio_encoder.decode(batch[None, :, ch::2], audio_scales=scales)
+                                    .audio_values[:, :1] for ch in (0, 1)], dim=1)
             for j, i in enumerate(idx):
-                out[i] = values[j].float().mean(0).cpu().numpy()
+                v = values[j].float().cpu().numpy()
+                out[i] = v[0] if self.cfg.channels == 1 else v
         return out
 
 
 def write_wav(path: str | Path, samples: np.ndarray, sampling_rate: int) -> Path:
-    """16-bit PCM mono WAV (samples clipped to [−1, 1])."""
+    """16-bit PCM WAV (samples clipped to [−1, 1]): (samples,) mono or (channels, samples)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    pcm = (np.clip(np.asarray(samples, dtype=np.float32), -1.0, 1.0) * 32767.0).astype("<i2")
+    x = np.asarray(samples, dtype=np.float32)
+    x = x[None] if x.ndim == 1 else x
+    pcm = (np.clip(x.T, -1.0, 1.0) * 32767.0).astype("<i2")             # interleaved frames
     with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
+        w.setnchannels(x.shape[0])
         w.setsampwidth(2)
         w.setframerate(int(sampling_rate))
         w.writeframes(pcm.tobytes())

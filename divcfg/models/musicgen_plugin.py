@@ -4,12 +4,13 @@ as a generator plug-in. ``divcfg.models.hf_plugin.load_hf_generator`` dispatches
 - the module is :class:`divcfg.models.musicgen.MusicgenGenerator` (see its docstring for the
   flattened codebook stream, the delay pattern and the null condition);
 - ``encode_prompts(texts)``: T5 ids from the folder's tokenizer, right-padded (``cond``);
-- ``decode(seqs)``: mono float32 waveforms at ``sampling_rate`` (numpy arrays; None for a stream
-  without a complete frame): what audio judges and the audio domain's WAV writer take;
+- ``decode(seqs)``: float32 waveforms at ``sampling_rate`` (numpy arrays, (samples,) mono or
+  (2, samples) stereo; None for a stream without a complete frame): what audio judges and the audio domain's WAV writer take;
 - duration: ``max_len`` (stream positions: BOS + K·S codes + EOS) fixes S decoder steps, i.e.
-  ``F = S − K + 1`` audio frames (``F / frame_rate`` seconds). Default: the stored ``max_len`` of a
+  ``F = S − D`` audio frames (``F / frame_rate`` seconds). Default: the stored ``max_len`` of a
   divcfg-written folder, else the checkpoint's ``generation_config.max_length`` (M positions:
-  ``F = M − K``, the length transformers' ``generate`` produces);
+  ``F = M − 1 − D`` with D the largest codebook delay, the length transformers' ``generate``
+  produces);
 - ``save``: ``save_pretrained`` of model and tokenizer + ``divcfg.json`` (as for causal LMs), so a
   fine-tuned folder loads in plain transformers and generates with ``model.generate``.
 """
@@ -66,17 +67,17 @@ class MusicgenPlugin(HFGenerator):
         return super().save(path, {**record, **extra}, training_state)
 
 
-def frames_for(model, K: int, max_len: int | None, record: dict) -> int:
-    """Audio frames of one generation (see the module docstring)."""
+def frames_for(model, K: int, D: int, max_len: int | None, record: dict) -> int:
+    """Audio frames of one generation (see the module docstring); D = the largest codebook delay."""
     if max_len is None:
         max_len = record.get("max_len")
     if max_len is not None:
-        return steps_for_max_len(int(max_len), K) - K + 1
+        return steps_for_max_len(int(max_len), K) - D
     M = getattr(getattr(model, "generation_config", None), "max_length", None)
     if not M:
         raise UserError("the MusicGen checkpoint has no generation_config.max_length: pass --max-new-tokens "
-                        "(K·(frames + K − 1) + 1 stream tokens)")
-    return int(M) - K
+                        "(K·(frames + D) + 1 stream tokens, D = K − 1 mono, K/2 − 1 stereo)")
+    return int(M) - 1 - D
 
 
 def load_musicgen_generator(folder: Path, record: dict, device: str | torch.device = "cpu", *,
@@ -92,10 +93,11 @@ def load_musicgen_generator(folder: Path, record: dict, device: str | torch.devi
                         f"({str(e).splitlines()[0][:120]}): pass a folder written by save_pretrained "
                         f"(config.json, weights, the T5 tokenizer files)") from None
     K = int(model.config.decoder.num_codebooks)
-    frames = frames_for(model, K, max_len, record)
+    D = K // int(getattr(model.config.decoder, "audio_channels", 1) or 1) - 1     # the largest codebook delay
+    frames = frames_for(model, K, D, max_len, record)
     if frames < 1:
         raise UserError(f"max_len {max_len} leaves no audio frame for {K} codebooks: pass --max-new-tokens of at "
-                        f"least {K * K + 1} (K·(frames + K − 1) + 1 stream tokens)")
+                        f"least {K * (D + 1) + 1} (K·(frames + {D}) + 1 stream tokens)")
     pad = tokenizer.pad_token_id
     if pad is None:
         pad = getattr(model.config.text_encoder, "pad_token_id", None) or 0
