@@ -143,6 +143,10 @@ def test_forward_step_equals_recomputation():
     torch.testing.assert_close(torch.stack([pre] + rest, 1), full[:, 6:], atol=1e-4, rtol=1e-4)
     # a decoder call per frame, not per token
     assert cache.frames_fed == (xx.shape[1] - 1) // K + 1
+    # the sampler's no-cache reference path draws the same tokens from the same seed
+    again = sample(gen, PROMPTS, max_new_tokens=gen.cfg.max_len, gamma=2.0, use_cache=False,
+                   generator=torch.Generator().manual_seed(0))
+    assert torch.equal(again.tokens, out.tokens)
 
 
 def test_null_condition_is_zero_encoder_states():
