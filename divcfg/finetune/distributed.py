@@ -54,6 +54,14 @@ class DataParallel:
                                    kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=find_unused)])
             self.rank = self.acc.process_index
 
+    def local_device(self, device: torch.device) -> torch.device:
+        """``--device cuda`` under W processes: each rank on its own GPU (``cuda:LOCAL_RANK``)."""
+        if self.acc is None or device.type != "cuda" or device.index is not None:
+            return device
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", self.rank)))
+        torch.cuda.set_device(dev)
+        return dev
+
     @property
     def is_main(self) -> bool:
         return self.rank == 0

@@ -125,6 +125,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
     domain = load_domain(cfg.prompts, cfg.data_dir, cfg.base)
     device = device_of(cfg)
     dp = DataParallel(device, find_unused=not cfg.lora_r)
+    device = dp.local_device(device)
     if cfg.num_processes > 1 and dp.world != cfg.num_processes:
         raise UserError(f"--num-processes {cfg.num_processes} but {dp.world} process(es) were launched: use "
                         f"`divcfg finetune --num-processes N` alone, or a launcher with the same count")
