@@ -132,7 +132,9 @@ class MusicgenGenerator(nn.Module):
         if start is None:
             start = dec.bos_token_id if dec.bos_token_id is not None else dec.pad_token_id
         self.start_id = int(start)          # what transformers feeds at frame 0 and delayed positions
-        self.register_buffer("forced", self._forced_ids(), persistent=False)
+        forced = self._forced_ids()
+        self.register_buffer("forced", forced, persistent=False)
+        self._forced_host = forced.tolist()   # branch on the host: no device sync per sampled token
 
     # ------------------------------------------------------------------ layout
 
@@ -151,10 +153,10 @@ class MusicgenGenerator(nn.Module):
     def _apply_forced(self, logits: torch.Tensor, t0: int) -> torch.Tensor:
         """``logits`` (B, T, V) for positions ``t0 … t0+T−1``: forced rows replaced."""
         T = logits.shape[1]
+        if all(i < 0 for i in self._forced_host[t0:t0 + T]):
+            return logits
         ids = self.forced[t0:t0 + T]
         hit = ids >= 0
-        if not bool(hit.any()):
-            return logits
         onehot = torch.full((T, logits.shape[-1]), FORBIDDEN, dtype=logits.dtype, device=logits.device)
         onehot.scatter_(1, ids.clamp(min=0).unsqueeze(1), 0.0)
         return torch.where(hit.view(1, T, 1), onehot.unsqueeze(0), logits)
