@@ -282,6 +282,9 @@ def test_plugin_loads_samples_decodes_and_saves(tmp_path):
     x = out.with_bos(plug.model.cfg.bos_id)[:, :-1]
     with torch.no_grad():
         torch.testing.assert_close(again.model(x, cond), plug.model(x, cond))
+    from divcfg.errors import UserError
+    with pytest.raises(UserError, match="leaves no audio frame"):
+        load_generator_any(f"hf:{tmp_path / 'mg'}", max_len=K * (K - 1) + 1)
     plain = MusicgenForConditionalGeneration.from_pretrained(tmp_path / "run" / "checkpoint")
     assert plain.generate(input_ids=cond, attention_mask=(cond != 0).long(), max_length=8,
                           do_sample=True).shape == (2, 1, (8 - K) * HOP)
