@@ -70,6 +70,7 @@ def _training_seed(spec: str) -> int | None:
         except Exception:  # noqa: BLE001 - unreadable here: evaluate reports it in its own words
             pass
         files = (path / "config.json",)
+    for f in files:
         try:
             rec = json.loads(f.read_text())
         except (OSError, ValueError):
