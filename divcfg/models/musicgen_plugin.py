@@ -48,22 +48,29 @@ class MusicgenPlugin(HFGenerator):
     def __init__(self, gen: MusicgenGenerator, tokenizer, path: Path, record: dict):
         super().__init__(gen, tokenizer, path, record, null_prompt="")
         self.max_prompt_tokens = None
+        # the adapter itself, also when a stage wraps ``model`` (a LoRA teacher view disables the
+        # adapters around the protocol calls): prompts, decoding and the layout do not change
+        self.generator = gen
+
+    @property
+    def lm(self):
+        return self.generator.lm
 
     @property
     def sampling_rate(self) -> int:
-        return self.model.sampling_rate
+        return self.generator.sampling_rate
 
     def encode_prompts(self, texts: Sequence[str]) -> torch.Tensor:
-        return encode_texts(self.tokenizer, list(texts), pad_id=self.model.cfg.text_pad_id).to(self.device)
+        return encode_texts(self.tokenizer, list(texts), pad_id=self.generator.cfg.text_pad_id).to(self.device)
 
     def decode(self, seqs: list[list[int]]) -> list:
-        return self.model.audio(seqs)
+        return self.generator.audio(seqs)
 
     def save(self, path: str | os.PathLike, record: dict, training_state: dict | None = None) -> Path:
-        c = self.model.cfg
+        c = self.generator.cfg
         extra = {"musicgen": {"frames": c.frames, "steps": c.steps, "num_codebooks": c.num_codebooks,
-                              "sampling_rate": self.sampling_rate, "frame_rate": self.model.frame_rate,
-                              "seconds": c.frames / self.model.frame_rate}}
+                              "sampling_rate": self.sampling_rate, "frame_rate": self.generator.frame_rate,
+                              "seconds": c.frames / self.generator.frame_rate}}
         return super().save(path, {**record, **extra}, training_state)
 
 
