@@ -327,19 +327,13 @@ def test_audio_domain_writes_wavs_and_judges_clips(tmp_path):
         [True] * 4 + [False]
 
 
-def test_finetune_loop_trains_musicgen_unchanged(tmp_path, monkeypatch):
-    """The design test of issue 9: the fine-tuning loop, unchanged, distils the γ=3 CFG teacher into
-    MusicGen with the diversity reward (β=1) through the audio domain; the decoder moves, the frozen
-    T5 encoder and codec do not, and the checkpoint reloads as MusicGen with the run's duration.
-    (``load_domain`` is pointed at the audio domain here; see docs/musicgen.md for the dispatch
-    that ``divcfg/domains/base.py`` needs so that the CLI picks it by itself.)"""
+def _finetune_tiny(tmp_path, monkeypatch, **overrides):
+    """3 steps of the unchanged loop (γ=3, β=1) on the tiny MusicGen through the audio domain."""
     import itertools
-    import json
     import divcfg.domains.base as domains
     from divcfg.domains.audio import AudioDomain
     from divcfg.finetune.config import FinetuneConfig
     from divcfg.finetune.loop import finetune
-    from divcfg.models.base import load_generator_any
     monkeypatch.setattr(domains, "load_domain", lambda prompts_file="", data_dir="", generator_spec="":
                         AudioDomain(prompts_file))
     base = save_tiny_checkpoint(tmp_path / "mg")
@@ -350,9 +344,33 @@ def test_finetune_loop_trains_musicgen_unchanged(tmp_path, monkeypatch):
     cfg = FinetuneConfig(base=f"hf:{tmp_path / 'mg'}", prompts=str(prompts), out=str(tmp_path / "run"), gamma=3.0,
                          beta=1.0, prompts_per_step=2, max_new_tokens=K * (6 + K - 1) + 1, eval_max_new_tokens=0,
                          max_steps=3, eval_prompts=2, lr=1e-3, warmup_steps=0, ckpt_every=3, bf16=False,
-                         max_minutes=0, updates_per_batch=1)
+                         max_minutes=0, updates_per_batch=1, **overrides)
     cfg.validate()
     finetune(cfg, progress=False)
+    return base
+
+
+def test_lora_on_musicgen_touches_only_the_targeted_decoder_projections(tmp_path, monkeypatch):
+    """--lora-r with q_proj,v_proj and --merge-lora: the merged folder loads as MusicGen with the
+    run's duration, and only the decoder's q_proj/v_proj weights differ from the base."""
+    from divcfg.models.base import load_generator_any
+    base = _finetune_tiny(tmp_path, monkeypatch, lora_r=4, lora_target_modules="q_proj,v_proj", merge_lora=True)
+    merged = load_generator_any(f"hf:{tmp_path / 'run' / 'merged'}")
+    assert merged.family == "musicgen" and merged.model.cfg.frames == 6
+    before, after = base.state_dict(), merged.lm.state_dict()
+    changed = {n for n in before if not torch.equal(before[n], after[n])}
+    assert changed and all(n.startswith("decoder.") and n.split(".")[-2] in ("q_proj", "v_proj") for n in changed)
+
+
+def test_finetune_loop_trains_musicgen_unchanged(tmp_path, monkeypatch):
+    """The design test of issue 9: the fine-tuning loop, unchanged, distils the γ=3 CFG teacher into
+    MusicGen with the diversity reward (β=1) through the audio domain; the decoder moves, the frozen
+    T5 encoder and codec do not, and the checkpoint reloads as MusicGen with the run's duration.
+    (``load_domain`` is pointed at the audio domain here; see docs/musicgen.md for the dispatch
+    that ``divcfg/domains/base.py`` needs so that the CLI picks it by itself.)"""
+    import json
+    from divcfg.models.base import load_generator_any
+    base = _finetune_tiny(tmp_path, monkeypatch)
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in rows if "loss" in r]
     assert len(steps) == 3 and all(r["completions/mean_length"] == (6 + K - 1) * K + 1 for r in steps)
