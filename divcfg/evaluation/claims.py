@@ -87,7 +87,9 @@ def evaluate_claims(results: dict, n_boot: int = 1000, confidence: float = 0.95,
     def add(cid: str, text: str, needed: tuple, estimates_fn, judge_fn, sentence_fn):
         if not has(*[n for n in needed if n]) or None in needed:
             claims.append({"id": cid, "claim": text, "verdict": MISSING, "holds": None, "significant": None,
-                           "sentence": f"({cid}) {text}: not evaluated (missing {', '.join(str(n) for n in needed)}).",
+                           "sentence": f"({cid}) {text}: not evaluated (no "
+                                       f"{', '.join(str(n or 'merge or CFG front') for n in needed if n not in boot.arrays)}"
+                                       " system in this run).",
                            "estimates": {}, "per_seed": {}, "seeds_agree": None})
             return
         est = estimates_fn()
