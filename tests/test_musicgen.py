@@ -328,14 +328,11 @@ def test_audio_domain_writes_wavs_and_judges_clips(tmp_path):
 
 
 def _finetune_tiny(tmp_path, monkeypatch, **overrides):
-    """3 steps of the unchanged loop (γ=3, β=1) on the tiny MusicGen through the audio domain."""
+    """3 steps of the unchanged loop (γ=3, β=1) on the tiny MusicGen; ``load_domain`` picks the audio
+    domain for a MusicGen folder by itself."""
     import itertools
-    import divcfg.domains.base as domains
-    from divcfg.domains.audio import AudioDomain
     from divcfg.finetune.config import FinetuneConfig
     from divcfg.finetune.loop import finetune
-    monkeypatch.setattr(domains, "load_domain", lambda prompts_file="", data_dir="", generator_spec="":
-                        AudioDomain(prompts_file))
     base = save_tiny_checkpoint(tmp_path / "mg")
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("".join(f"a {a} {b}{c}\n" for a, b, c in itertools.product(
@@ -401,3 +398,16 @@ def test_stereo_decodes_two_channels(tmp_path):
     torch.testing.assert_close(torch.from_numpy(clips[0][0]), left.float())
     with wave.open(str(write_wav(tmp_path / "s.wav", clips[0], gen.sampling_rate))) as w:
         assert (w.getnchannels(), w.getnframes()) == (2, 5 * HOP)
+
+
+def test_a_musicgen_folder_selects_the_audio_domain(tmp_path):
+    """``--base hf:PATH`` on a MusicGen folder with ``--prompts`` gives the audio domain (WAV output,
+    audio judge); a text LM folder keeps the text domain."""
+    from divcfg.domains.audio import AudioDomain
+    from divcfg.domains.base import load_domain
+    from divcfg.domains.text import TextDomain
+    save_tiny_checkpoint(tmp_path / "mg")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a calm song\na wild drums\n")
+    assert isinstance(load_domain(str(prompts), "", f"hf:{tmp_path / 'mg'}"), AudioDomain)
+    assert type(load_domain(str(prompts), "", "")) is TextDomain

@@ -100,6 +100,9 @@ def load_domain(prompts_file: str = "", data_dir: str = "", generator_spec: str 
     from divcfg.errors import UserError
     from divcfg.models.base import is_hf_spec
     if prompts_file:
+        if generator_spec and is_hf_spec(generator_spec) and _is_musicgen(generator_spec):
+            from divcfg.domains.audio import AudioDomain
+            return AudioDomain(prompts_file)
         from divcfg.domains.text import TextDomain
         return TextDomain(prompts_file)
     if generator_spec and is_hf_spec(generator_spec):
@@ -109,9 +112,21 @@ def load_domain(prompts_file: str = "", data_dir: str = "", generator_spec: str 
     return MusicDomain(data_dir)
 
 
+def _is_musicgen(generator_spec: str) -> bool:
+    """Whether an ``hf:PATH`` spec is a MusicGen folder (its completions are audio)."""
+    from divcfg.models.base import spec_path
+    from divcfg.models.hf_plugin import resolve_hf_dir
+    from divcfg.models.musicgen_plugin import is_musicgen_folder
+    return is_musicgen_folder(resolve_hf_dir(spec_path(generator_spec)))
+
+
 def domain_for_output(generator) -> Domain:
     """The domain whose writer suits a generator's completions, without prompts or judges
-    (``divcfg sample``): text files for text LMs, MIDI/WAV for the built-in music model."""
+    (``divcfg sample``): WAV files for audio generators (MusicGen), text files for text LMs,
+    MIDI/WAV for the built-in music model."""
+    if getattr(generator, "completion_kind", "tokens") == "audio":
+        from divcfg.domains.audio import AudioDomain
+        return AudioDomain(None)
     if getattr(generator, "completion_kind", "tokens") == "text":
         from divcfg.domains.text import TextDomain
         return TextDomain(None)
