@@ -3,7 +3,10 @@
 Any generator plug-in (``--base``: a divcfg checkpoint, or ``hf:PATH`` for a local transformers
 causal LM) on any domain (the music testbed of ``--data-dir``, or ``--prompts FILE`` for text).
 Modules: ``config`` (FinetuneConfig, presets), ``setup`` (device, teacher/student, resume, judges,
-optimizer), ``loop`` (the algorithm box: rollout → teacher → reward → update), ``quick_eval``.
+optimizer), ``loop`` (the algorithm box: rollout → teacher → reward → update), ``quick_eval``,
+``lora`` (``--lora-r``: adapters through peft, the teacher = the same module with them disabled),
+``distributed`` (data parallel through Accelerate: ``--num-processes N`` or ``accelerate launch -m
+divcfg finetune``; effective batch = prompts × G × processes). See ``docs/scale_out.md``.
 
 The student ``π_θ`` starts from the base checkpoint; a separate frozen copy of the base is the
 CFG teacher ``π_γ`` (conditional and null passes mixed by ``divcfg.guidance``). One step:

@@ -131,8 +131,27 @@ def gather_step_rewards(dp: DataParallel, sr):
     return StepRewards(**g)
 
 
+def preflight(cfg) -> None:
+    """The checks that are cheap in the launching process (one error line instead of N failing ranks)."""
+    from divcfg.domains.base import load_domain
+    from divcfg.models.base import check_device, is_hf_spec, spec_path
+    device = check_device(cfg.device)
+    slots = torch.cuda.device_count() if device.type == "cuda" else (os.cpu_count() or 1)
+    if cfg.num_processes > slots:
+        raise UserError(f"--num-processes {cfg.num_processes} exceeds the {slots} "
+                        f"{'GPUs' if device.type == 'cuda' else 'CPU cores'} of this machine: pass at most {slots}")
+    if is_hf_spec(cfg.base):
+        from divcfg.models.hf_plugin import resolve_hf_dir
+        resolve_hf_dir(spec_path(cfg.base))
+    else:
+        from divcfg.checkpoint import resolve_checkpoint_dir
+        resolve_checkpoint_dir(cfg.base)
+    load_domain(cfg.prompts, cfg.data_dir, cfg.base)
+
+
 def launch(cfg, resume: bool, progress: bool) -> None:
     """Run ``cfg`` in ``cfg.num_processes`` processes (torch.distributed.run, standalone rendezvous)."""
+    preflight(cfg)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     conf = out / "launch_config.json"

@@ -74,16 +74,24 @@ class KVCache:
 def _linear(layer: nn.Linear, x: torch.Tensor, dtype: torch.dtype | None, cache: KVCache) -> torch.Tensor:
     """``layer(x)``, or what autocast to ``dtype`` computes for it (input and weights cast to
     ``dtype``), with the weight copies kept in ``cache.weights`` instead of autocast's per-op path.
-    A wrapped layer (a peft LoRA layer: not an ``nn.Linear``) runs its own forward under autocast."""
+    A peft LoRA layer (``base_layer`` + adapters) is cached as its effective weight ``W + s·B·A``
+    (``W`` alone while its adapters are disabled); any other wrapper runs its own forward."""
     if dtype is None:
         return layer(x)
-    if not isinstance(layer, nn.Linear):
-        with torch.autocast(x.device.type, dtype=dtype):
-            return layer(x)
     w = cache.weights.get(id(layer))
     if w is None:
-        w = cache.weights[id(layer)] = (layer.weight.to(dtype),
-                                        None if layer.bias is None else layer.bias.to(dtype))
+        if isinstance(layer, nn.Linear):
+            weight, bias = layer.weight, layer.bias
+        elif isinstance(getattr(layer, "base_layer", None), nn.Linear) and hasattr(layer, "get_delta_weight"):
+            weight, bias = layer.base_layer.weight, layer.base_layer.bias
+            if not layer.disable_adapters and not layer.merged:
+                for name in layer.active_adapters:
+                    if name in layer.lora_A:
+                        weight = weight + layer.get_delta_weight(name)
+        else:
+            with torch.autocast(x.device.type, dtype=dtype):
+                return layer(x)
+        w = cache.weights[id(layer)] = (weight.to(dtype), None if bias is None else bias.to(dtype))
     return F.linear(x.to(dtype), w[0], w[1])
 
 
