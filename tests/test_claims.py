@@ -143,3 +143,14 @@ def test_attribute_accuracy_against_captions(data_dir):  # noqa: F811
         {"key": (3, "major"), "bars": 16, "length_word": "short"}
     empty = attribute_accuracy(tok, [[]], ["a tune in D major, 2/4"], [{"key": "D major", "meter": "2/4"}])
     assert empty["attr_key_exact"] == 0 and empty["attr_meter"] == 0 and np.isnan(empty["attr_bars_exact"])
+
+
+def test_no_cfg_gain_leaves_no_share_to_keep():
+    """Every system identical (e.g. untrained models that only emit empty pieces): (b)'s ratio is
+    undefined, reported as nan and not holding; (a) does not hold."""
+    res = _results({"distilled": (0.0, 0.5, 0.0), "diversity": (0.0, 0.5, 0.0)}, merges={"merge_l0": (0.0, 0.5, 0.0)})
+    for r in res["systems"]:
+        r["per_prompt"] = {"quality": [0.0] * K, "diversity": [0.5] * K}
+    c = _by_id(evaluate_claims(res, 100, 0.95, seed=0))
+    assert np.isnan(c["b"]["estimates"]["ratio"][0]) and c["b"]["verdict"] == FAILS
+    assert c["a"]["verdict"] == FAILS and c["c"]["verdict"] == FAILS

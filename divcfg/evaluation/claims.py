@@ -41,6 +41,14 @@ def _ci(v: tuple[float, float, float], digits: int = 3, signed: bool = True) -> 
     return f"{f.format(p)} [{f.format(lo)}, {f.format(hi)}]"
 
 
+def _ratio(a, b):
+    """``a / b`` elementwise; nan where ``b`` is 0 (no gain to keep a share of)."""
+    import numpy as np
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(b != 0, a / np.where(b != 0, b, 1.0), np.nan)
+
+
 def _verdict(point_ok: bool, significant: bool) -> str:
     return HOLDS if point_ok and significant else (POINT_ONLY if point_ok else FAILS)
 
@@ -127,8 +135,8 @@ def evaluate_claims(results: dict, n_boot: int = 1000, confidence: float = 0.95,
     one_pass = by.get("distilled", {}).get("forward_passes_per_token") == 1
     add("b", f"the β=0 student keeps ≥ {GAIN_KEPT:.0%} of CFG γ*'s quality gain at one pass per token",
         ("base", g, "distilled"),
-        lambda: stats({"ratio": lambda x: (x["distilled"]["quality"] - x["base"]["quality"])
-                       / (x[g]["quality"] - x["base"]["quality"]),
+        lambda: stats({"ratio": lambda x: _ratio(x["distilled"]["quality"] - x["base"]["quality"],
+                                                 x[g]["quality"] - x["base"]["quality"]),
                        "gain_cfg": lambda x: x[g]["quality"] - x["base"]["quality"],
                        "gain_student": lambda x: x["distilled"]["quality"] - x["base"]["quality"]}),
         lambda e: (e["ratio"][0] >= GAIN_KEPT and e["gain_cfg"][0] > 0 and one_pass,
