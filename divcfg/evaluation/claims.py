@@ -69,11 +69,14 @@ def gamma_star(results: dict) -> tuple[str | None, str]:
             source = "the β=0 student's teacher"
         except (OSError, ValueError, KeyError, TypeError):
             gamma = None
+    if gamma is not None and math.isclose(float(gamma), 1.0):
+        return "base", f"γ*=1 ({source}: no guidance was chosen)"
     match = [r for r in cfg_rows if gamma is not None and math.isclose(r["gamma"], float(gamma))]
     if match:
         return match[0]["name"], f"γ*={float(gamma):g} ({source})"
     best = max(cfg_rows, key=lambda r: r["quality"])
-    return best["name"], f"γ*={best['gamma']:g} (the best CFG quality on these prompts: γ* unknown or not evaluated)"
+    why = "unknown" if gamma is None else f"{float(gamma):g} not evaluated"
+    return best["name"], f"γ*={best['gamma']:g} (the best CFG quality on these prompts; γ* {why})"
 
 
 def _path(spec: str):
