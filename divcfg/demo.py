@@ -109,6 +109,14 @@ def _finished(path: Path) -> bool:
     return is_finished(path)
 
 
+def _evaluated(eval_dir: Path, quality: list[str]) -> bool:
+    """The evaluation is cached when it exists for the same students (seeds)."""
+    try:
+        return json.loads((eval_dir / "results.json").read_text())["config"]["quality"] == ",".join(quality)
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
 def choose_gamma(results_file: Path) -> tuple[float, dict[float, float]]:
     """γ with the best mean validation alignment among the CFG sweep (ties → the smaller γ)."""
     res = json.loads(results_file.read_text())
@@ -118,8 +126,13 @@ def choose_gamma(results_file: Path) -> tuple[float, dict[float, float]]:
     return best, by_gamma
 
 
+def student_dir(root: Path, beta: float, seed: int) -> Path:
+    """A student's folder: ``ft_beta{β}`` for seed 0 (as a single-seed demo writes it), ``ft_beta{β}_s{seed}``."""
+    return root / (f"ft_beta{beta:g}" if seed == 0 else f"ft_beta{beta:g}_s{seed}")
+
+
 def run_demo(preset: str = "demo", root: str | None = None, data_root: str = "data",
-             force: tuple[str, ...] = (), beta: float | None = None) -> Path:
+             force: tuple[str, ...] = (), beta: float | None = None, seeds: tuple[int, ...] = (0,)) -> Path:
     p = PRESETS[preset]
     if beta is not None:
         if beta <= 0:
@@ -138,11 +151,11 @@ def run_demo(preset: str = "demo", root: str | None = None, data_root: str = "da
     def stage(name: str, done: bool, argv_fn, run_dir: Path | None = None) -> None:
         """Run a stage unless cached; ``run_dir``: a training stage's folder (resumed when
         unfinished, deleted first under ``--force``, its marker's ``cut_short`` recorded)."""
-        i = STAGES.index(name) + 1
-        if done and name not in force:
+        i = STAGES.index(name.split("_s")[0]) + 1   # finetune_beta0_s1: seed 1 of finetune_beta0
+        if done and name not in force and name.split("_s")[0] not in force:
             print(f"[{i}/{len(STAGES)}] {name}: cached, skipped")
             return
-        if run_dir is not None and name in force and run_dir.exists():
+        if run_dir is not None and (name in force or name.split("_s")[0] in force) and run_dir.exists():
             print(f"[{i}/{len(STAGES)}] {name}: --force, removing '{run_dir}'")
             shutil.rmtree(run_dir)
         how = "resuming" if run_dir is not None and run_dir.exists() else "running"
@@ -180,16 +193,21 @@ def run_demo(preset: str = "demo", root: str | None = None, data_root: str = "da
     write_json_atomic(record_file, record)
     print(f"γ* = {gamma:g} (validation alignment by γ: "
           + ", ".join(f"{g:g}: {q:.3f}" for g, q in sorted(by_gamma.items())) + ")")
-    for name, beta, out in (("finetune_beta0", 0.0, ck["ft_beta0"]), ("finetune_beta", p.beta, ck[beta_name])):
-        stage(name, _finished(out),
-              lambda beta=beta, out=out: ["finetune", *_flags(p.finetune), "--base", str(ck["base"]),
-                                          "--gamma", f"{gamma:g}", "--beta", f"{beta:g}",
-                                          "--embedder", str(ck["embedder"]), "--scorer", str(ck["scorer"]),
-                                          "--data-dir", str(data_dir), "--out", str(out), "--resume",
-                                          *threads], out)
-    stage("evaluate", (ck["eval"] / "results.json").exists(),
+    students = {"quality": [], "diversity": []}   # one β=0 and one β>0 student per seed
+    for seed, (role, name, beta) in ((s, x) for s in seeds for x in (("quality", "finetune_beta0", 0.0),
+                                                                      ("diversity", "finetune_beta", p.beta))):
+        out = student_dir(root_dir, beta, seed)
+        students[role].append(str(out))
+        stage(name if seed == 0 else f"{name}_s{seed}", _finished(out),
+              lambda beta=beta, out=out, seed=seed: ["finetune", *_flags(p.finetune), "--base", str(ck["base"]),
+                                                     "--gamma", f"{gamma:g}", "--beta", f"{beta:g}",
+                                                     "--seed", str(seed), "--embedder", str(ck["embedder"]),
+                                                     "--scorer", str(ck["scorer"]), "--data-dir", str(data_dir),
+                                                     "--out", str(out), "--resume", *threads], out)
+    record["student_seeds"] = list(seeds)
+    stage("evaluate", _evaluated(ck["eval"], students["quality"]),
           lambda: ["evaluate", *_flags(p.evaluate), "--base", str(ck["base"]),
-                   "--quality", str(ck["ft_beta0"]), "--diversity", str(ck[beta_name]),
+                   "--quality", ",".join(students["quality"]), "--diversity", ",".join(students["diversity"]),
                    "--embedder", str(ck["embedder"]), "--scorer", str(ck["scorer"]),
                    "--data-dir", str(data_dir), "--out", str(ck["eval"]), *threads])
     stage("report", False,
@@ -213,10 +231,24 @@ def add_arguments(parser) -> None:
     parser.add_argument("--beta", type=arg_type(float, gt=0), default=None,
                         help="β of the diversity student (default: the preset's, 15 as in the paper; on the small "
                              "testbed β=5 kept the requested meter where β=15 did not, see README Results)")
+    parser.add_argument("--seeds", type=_seed_list, default=(0,),
+                        help="training seeds of the students, e.g. 0,1,2: a β=0 and a β>0 student per seed "
+                             "(ft_beta0, ft_beta0_s1, …); the evaluation aggregates over them")
     parser.add_argument("--force", action="append", default=[],
                         help="redo a stage even if cached (repeatable): data, pretrain, embedder, scorer, "
                              "gamma, finetune_beta0, finetune_beta, evaluate")
 
 
+def _seed_list(text: str) -> tuple[int, ...]:
+    import argparse
+    try:
+        seeds = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--seeds takes comma-separated integers ≥ 0, e.g. 0,1,2: got {text!r}") from None
+    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"--seeds takes distinct integers ≥ 0, e.g. 0,1,2: got {text!r}")
+    return seeds
+
+
 def run(args) -> None:
-    run_demo(args.preset, args.root, args.data_root, tuple(args.force), args.beta)
+    run_demo(args.preset, args.root, args.data_root, tuple(args.force), args.beta, tuple(args.seeds))
