@@ -3,6 +3,7 @@ train, a merge of two LoRA students is the LERP of their merged weights, ``--mer
 plain checkpoint; gradient checkpointing gives the same gradients; the bf16 teacher. Tiny models
 built in code (the built-in transformer and a 2-layer GPT-2), the tiny real data set for runs."""
 
+import contextlib
 import json
 import types
 from pathlib import Path
@@ -162,16 +163,52 @@ def test_run_resume_and_merge_lora_write_a_plain_checkpoint(tiny_data_dir, base_
         assert (plain(x, cond) - base(x, cond)).abs().max() > 0   # it trained
 
 
+@contextlib.contextmanager
+def counting_saved_tensors():
+    """Counts the tensors autograd saves for the backward pass outside checkpointed blocks."""
+    n = [0]
+
+    def pack(t):
+        n[0] += 1
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        yield n
+
+
 def test_gradient_checkpointing_gives_the_same_gradients(base_ckpt):
-    grads = []
+    grads, counts = [], []
     for ckpt in (False, True):
         model = load_generator(base_ckpt)[0]
         if ckpt:
             assert checkpoint_blocks(model) == 2
         x, cond = batch(model)
-        model(x, cond).float().logsumexp(-1).mean().backward()
+        with counting_saved_tensors() as saved:
+            loss = model(x, cond).float().logsumexp(-1).mean()
+        loss.backward()
         grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+        counts.append(saved[0])
+    assert counts[1] < counts[0] / 2, counts        # the blocks' activations were not kept
     assert grads[0].keys() == grads[1].keys()
+    for n in grads[0]:
+        assert torch.allclose(grads[0][n], grads[1][n], atol=1e-6), n
+
+
+def test_gradient_checkpointing_of_a_hugging_face_model_gives_the_same_gradients(tmp_path):
+    from test_hf_cli import make_tiny_lm
+    folder = make_tiny_lm(tmp_path / "lm")
+    grads, counts = [], []
+    for ckpt in (False, True):
+        g = load_generator_any(f"hf:{folder}", max_len=12)
+        if ckpt:
+            assert checkpoint_blocks(g.model) == 2                 # GPT-2's transformer.h
+        x = torch.tensor([[g.model.cfg.bos_id, 5, 6, 7, 8]])
+        with counting_saved_tensors() as saved:
+            loss = g.model(x, g.encode_prompts(["a happy song"])).float().logsumexp(-1).mean()
+        loss.backward()
+        grads.append({n: p.grad.clone() for n, p in g.model.named_parameters() if p.grad is not None})
+        counts.append(saved[0])
+    assert counts[1] < counts[0] / 2, counts
+    assert grads[0].keys() == grads[1].keys() and grads[0]
     for n in grads[0]:
         assert torch.allclose(grads[0][n], grads[1][n], atol=1e-6), n
 

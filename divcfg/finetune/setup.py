@@ -146,8 +146,9 @@ def checkpoint_blocks(model: torch.nn.Module) -> int:
 
     def wrap(orig):
         def forward(*a, **kw):
-            cached = any(k in kw and kw[k] is not None for k in ("cache", "past_key_values", "layer_past")) \
-                or (len(a) > 1 and a[1] is not None)
+            maybe_caches = [a[1] if len(a) > 1 else None] + [kw.get(k) for k in ("cache", "past_key_values", "layer_past")]
+            cached = any(v is not None and not torch.is_tensor(v) and not isinstance(v, (bool, int, float))
+                         for v in maybe_caches)   # a KV cache object (tensors are masks/positions)
             if torch.is_grad_enabled() and not cached:
                 return checkpoint(orig, *a, use_reentrant=False, **kw)
             return orig(*a, **kw)
