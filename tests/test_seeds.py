@@ -51,7 +51,13 @@ def seeded_run(data_dir, tmp_path_factory):  # noqa: F811
             "--scorer", setup["scorer"], "--data-dir", str(data_dir), "--out", str(out), "--threads", "1",
             "--quality", ",".join(s["quality"] for s in students),
             "--diversity", ",".join(s["diversity"] for s in students)]
-    assert cli_main(argv) == 0
+    import contextlib
+    import io
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr):
+        assert cli_main(argv) == 0
+    err = stderr.getvalue()   # one loud line for the model its time cap stopped, none for the others
+    assert "WARNING" in err and students[1]["diversity"] in err and students[0]["diversity"] not in err
     return json.loads((out / "results.json").read_text()), out, students
 
 

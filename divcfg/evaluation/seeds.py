@@ -29,6 +29,7 @@ import csv
 import dataclasses
 import json
 import math
+import sys
 import warnings
 from pathlib import Path
 
@@ -336,6 +337,11 @@ def evaluate_seeds(cfg) -> dict:
         results = merge_seed_runs(runs, labels, cfg)
         results["config"] = dataclasses.asdict(cfg)
     results["training_status"] = training_status(cfg)
+    for spec, info in results["training_status"].items():
+        if info.get("cut_short"):
+            cut = info["cut_short"]
+            print(f"WARNING: '{spec}' was cut short by its time cap ({cut.get('steps_done')} of "
+                  f"{cut.get('steps_planned')} planned steps): its figures are not the preset's", file=sys.stderr)
     results["claims"] = evaluate_claims(results, cfg.bootstrap, cfg.confidence, cfg.seed + 2)
     if len(pairs) == 1:
         write_json_atomic(out / "results.json", results)
