@@ -59,10 +59,15 @@ def inject(plugin, settings: dict):
     """Add adapters to ``plugin``'s module in place; returns the ``PeftModel`` handle (the plug-in's
     ``model`` stays the protocol module, now with LoRA layers inside). Base weights are frozen."""
     from peft import LoraConfig, get_peft_model
+    module = _inner(plugin)
+    fan_in_fan_out = False   # GPT-2-style Conv1D layers store W transposed
+    if plugin.kind == "hf":
+        from transformers.pytorch_utils import Conv1D
+        fan_in_fan_out = any(isinstance(m, Conv1D) for m in module.modules())
     conf = LoraConfig(r=settings["r"], lora_alpha=settings["alpha"], lora_dropout=settings["dropout"],
-                      target_modules=settings["target_modules"], bias="none")
+                      target_modules=settings["target_modules"], bias="none", fan_in_fan_out=fan_in_fan_out)
     try:
-        return get_peft_model(_inner(plugin), conf)
+        return get_peft_model(module, conf)
     except ValueError as e:
         raise UserError(f"--lora-target-modules: {str(e).splitlines()[0][:160]}; pass names of linear layers "
                         f"of the model (e.g. {', '.join(BUILTIN_TARGETS)} for the built-in one)") from None
