@@ -46,6 +46,7 @@ class DemoPreset:
     evaluate: dict
     beta: float
     threads: int = 2
+    shipped: bool = False   # base, E and scorer from divcfg.pretrained (the three stages above: --from-scratch)
 
 
 # Step budgets: what the former time boxes reached on the idle 2-core machine (5-minute base,
@@ -132,13 +133,14 @@ def student_dir(root: Path, beta: float, seed: int) -> Path:
 
 
 def run_demo(preset: str = "demo", root: str | None = None, data_root: str = "data",
-             force: tuple[str, ...] = (), beta: float | None = None, seeds: tuple[int, ...] = (0,)) -> Path:
+             force: tuple[str, ...] = (), beta: float | None = None, seeds: tuple[int, ...] = (0,),
+             from_scratch: bool = False) -> Path:
     p = PRESETS[preset]
     if beta is not None:
         if beta <= 0:
             raise UserError(f"--beta must be > 0 (the diversity student; β=0 is always trained): got {beta:g}")
         p = dataclasses.replace(p, beta=beta)
-    root_dir = Path(root or f"runs/{preset}")
+    root_dir = Path(root or f"runs/{preset}" + ("-scratch" if p.shipped and from_scratch else ""))
     root_dir.mkdir(parents=True, exist_ok=True)
     data_dir = Path(data_root) / p.data_preset
     ck = {name: root_dir / name for name in ("base", "embedder", "scorer", "gamma_sweep", "ft_beta0",
@@ -147,6 +149,11 @@ def run_demo(preset: str = "demo", root: str | None = None, data_root: str = "da
     record = json.loads(record_file.read_text()) if record_file.exists() else {"stages": {}}
     record["preset"] = preset
     threads = ["--threads", str(p.threads)]
+    shipped = p.shipped and not from_scratch
+    record["shipped_checkpoints"] = shipped
+    if shipped:  # the shipped base, E and scorer: verified (sha256) and installed, not trained
+        ck.update(base=root_dir / "shipped" / "base", embedder=root_dir / "shipped" / "embedder",
+                  scorer=root_dir / "shipped" / "scorer")
 
     def stage(name: str, done: bool, argv_fn, run_dir: Path | None = None) -> None:
         """Run a stage unless cached; ``run_dir``: a training stage's folder (resumed when
@@ -172,15 +179,24 @@ def run_demo(preset: str = "demo", root: str | None = None, data_root: str = "da
     beta_name = f"ft_beta{p.beta:g}"
     stage("data", (data_dir / "manifest.json").exists(),
           lambda: ["data", "--preset", p.data_preset, "--data-dir", data_root])
-    stage("pretrain", _finished(ck["base"]),
-          lambda: ["pretrain", *_flags(p.pretrain), "--data-dir", str(data_dir), "--out", str(ck["base"]),
-                   "--resume", *threads], ck["base"])
-    stage("embedder", _finished(ck["embedder"]),
-          lambda: ["embedder", "train", *_flags(p.embedder), "--data-dir", str(data_dir),
-                   "--out", str(ck["embedder"]), "--resume", *threads], ck["embedder"])
-    stage("scorer", _finished(ck["scorer"]),
-          lambda: ["scorer", "train", *_flags(p.scorer), "--data-dir", str(data_dir),
-                   "--out", str(ck["scorer"]), "--resume", *threads], ck["scorer"])
+    if shipped:
+        from divcfg.pretrained import install
+        for name, comp in (("pretrain", "base"), ("embedder", "embedder"), ("scorer", "scorer")):
+            t0 = time.time()
+            install(ck[comp] / "checkpoint" if comp == "base" else ck[comp], comp)
+            record["stages"][name] = {"wall_s": round(time.time() - t0, 1), "shipped": True}
+            print(f"[{STAGES.index(name) + 1}/{len(STAGES)}] {name}: shipped checkpoint, sha256 verified → "
+                  f"'{ck[comp]}' (--from-scratch trains it)")
+    else:
+        stage("pretrain", _finished(ck["base"]),
+              lambda: ["pretrain", *_flags(p.pretrain), "--data-dir", str(data_dir), "--out", str(ck["base"]),
+                       "--resume", *threads], ck["base"])
+        stage("embedder", _finished(ck["embedder"]),
+              lambda: ["embedder", "train", *_flags(p.embedder), "--data-dir", str(data_dir),
+                       "--out", str(ck["embedder"]), "--resume", *threads], ck["embedder"])
+        stage("scorer", _finished(ck["scorer"]),
+              lambda: ["scorer", "train", *_flags(p.scorer), "--data-dir", str(data_dir),
+                       "--out", str(ck["scorer"]), "--resume", *threads], ck["scorer"])
     stage("gamma", (ck["gamma_sweep"] / "results.json").exists(),
           lambda: ["evaluate", *_flags({"temperatures": "", "quality": "", "diversity": "", "lams": "",
                                         **p.gamma_sweep}),
@@ -231,6 +247,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--beta", type=arg_type(float, gt=0), default=None,
                         help="β of the diversity student (default: the preset's, 15 as in the paper; on the small "
                              "testbed β=5 kept the requested meter where β=15 did not, see README Results)")
+    parser.add_argument("--from-scratch", action="store_true",
+                        help="train the base, E and the scorer instead of installing the shipped checkpoints "
+                             "(divcfg/weights; the small preset's commands made them)")
     parser.add_argument("--seeds", type=_seed_list, default=(0,),
                         help="training seeds of the students, e.g. 0,1,2: a β=0 and a β>0 student per seed "
                              "(ft_beta0, ft_beta0_s1, …); the evaluation aggregates over them")
@@ -251,4 +270,5 @@ def _seed_list(text: str) -> tuple[int, ...]:
 
 
 def run(args) -> None:
-    run_demo(args.preset, args.root, args.data_root, tuple(args.force), args.beta, tuple(args.seeds))
+    run_demo(args.preset, args.root, args.data_root, tuple(args.force), args.beta, tuple(args.seeds),
+             args.from_scratch)
