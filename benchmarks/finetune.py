@@ -108,7 +108,7 @@ def main() -> None:
     if args.child:
         return child(args)
 
-    from divcfg.pretrain import bf16_supported
+    from divcfg.sampling import bf16_supported
     work = Path(tempfile.mkdtemp(prefix="bench_ft_"))
     data_dir = stand_in_data(work, Path(args.data_dir))
     what = [f"data '{data_dir}'"]

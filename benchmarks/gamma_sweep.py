@@ -25,7 +25,7 @@ import torch  # noqa: E402
 from divcfg.models.generator import load_generator, tokenizer_path  # noqa: E402
 from divcfg.music.captions import estimate_key  # noqa: E402
 from divcfg.music.tokenizer import load_tokenizer, pitch_class_histogram, tokens_to_notes  # noqa: E402
-from divcfg.pretrain import bf16_supported  # noqa: E402
+from divcfg.sampling import bf16_supported  # noqa: E402
 from divcfg.prompts import load_prompts  # noqa: E402
 from divcfg.sampling import sample  # noqa: E402
 

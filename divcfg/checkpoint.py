@@ -114,8 +114,11 @@ def load_training_state(path: str | os.PathLike) -> dict | None:
     Loaded with ``torch.load(weights_only=True)``: only tensors and plain data (dicts, lists,
     tuples, numbers, strings) are accepted, so a downloaded run cannot execute code on
     ``--resume``. A state holding anything else is refused with a one-line error."""
-    path = _resolve(Path(path))
-    f = path / STATE_FILE
+    return read_training_state(_resolve(Path(path)) / STATE_FILE)
+
+
+def read_training_state(f: Path) -> dict | None:
+    """The training-state file ``f`` (None if absent), loaded with ``torch.load(weights_only=True)``."""
     if not f.exists():
         return None
     try:
@@ -123,6 +126,9 @@ def load_training_state(path: str | os.PathLike) -> dict | None:
     except pickle.UnpicklingError:
         raise UserError(f"'{f}' holds objects other than tensors and plain data: refused (loading it could run "
                         f"code); delete it to restart from the weights, or retrain") from None
+    except Exception as e:  # noqa: BLE001 - any other unpickling failure means a corrupt file
+        raise UserError(f"'{f}' is corrupt ({e.__class__.__name__}): delete it to restart "
+                        f"from the weights, or retrain") from None
     except Exception as e:  # noqa: BLE001 - any other unpickling failure means a corrupt file
         raise UserError(f"'{f}' is corrupt ({e.__class__.__name__}): delete it to restart "
                         f"from the weights, or retrain") from None

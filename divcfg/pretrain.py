@@ -35,10 +35,12 @@ from tqdm.auto import tqdm
 from divcfg.checkpoint import load_training_state
 from divcfg.config import add_config_arguments, field, resolve_config
 from divcfg.errors import UserError
+from divcfg.models.base import check_device
 from divcfg.models.generator import load_generator, save_generator
 from divcfg.models.transformer import ModelConfig, MusicTransformer
 from divcfg.prompts import check_data_dir, embed_texts
 from divcfg.provenance import file_hash, provenance, seed_everything
+from divcfg.sampling import bf16_supported
 from divcfg.stages import (TimeCap, clear_finished, mark_finished, metrics_size, python_rng_state,
                            set_python_rng_state, truncate_metrics)
 
@@ -98,13 +100,6 @@ PRESETS: dict[str, dict] = {
 }
 
 ARCHITECTURE = ("vocab_size", "n_layer", "n_head", "d_model", "n_prefix", "max_len", "dropout")
-
-
-def bf16_supported() -> bool:
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 class PieceBatcher:
@@ -184,22 +179,11 @@ def validate(model, batcher: PieceBatcher, n: int, batch_size: int, autocast: bo
             "val/cond_gain": (tot_u - tot_c) / count}
 
 
-def resolve_device(name: str) -> torch.device:
-    """``--device`` as a torch device, with one-line errors for a bad name or a missing GPU."""
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"--device {name!r} is not a torch device: use cpu or cuda") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda but no CUDA GPU is visible: pass --device cpu")
-    return device
-
-
 def autocast_bf16(enabled: bool, device: torch.device) -> bool:
     """Whether bf16 autocast is on: asked for and supported by the CPU (mkldnn) or the GPU."""
     if not enabled:
         return False
-    return bf16_supported() if device.type == "cpu" else bool(torch.cuda.is_bf16_supported())
+    return bf16_supported(device.type)
 
 
 def _check_architecture(model: MusicTransformer, mcfg: ModelConfig, ckpt_dir: Path) -> None:
@@ -216,7 +200,7 @@ def train(cfg: PretrainConfig, resume: bool = False) -> Path:
     from divcfg.music.tokenizer import load_tokenizer, special_ids
 
     data_dir = check_data_dir(cfg.data_dir)
-    device = resolve_device(cfg.device)
+    device = check_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)

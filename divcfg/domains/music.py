@@ -68,11 +68,10 @@ def token_validity_flags(tokenizer, generations, meters) -> list[bool]:
 
 
 def key_pitch_class(key: str | None) -> tuple[int, str] | None:
-    """``"F# minor"`` -> ``(6, "minor")``; None for missing or unparsable keys."""
-    from divcfg.music.captions import FLAT_NAMES, SHARP_NAMES
-    parts = (key or "").split()
-    if len(parts) != 2 or parts[1] not in ("major", "minor"):
-        return None
+    """``"F# minor"`` -> ``(6, "minor")``; None for missing, unparsable or non-major/minor keys."""
+    from divcfg.music.attributes import parse_key
+    parsed = parse_key(key)
+    return parsed if parsed is not None and parsed[1] in ("major", "minor") else None
     name = parts[0].replace("-", "b")
     for names in (SHARP_NAMES, FLAT_NAMES):
         if name in names:

@@ -87,9 +87,10 @@ def train_scorer(pieces: list[dict], tok, cfg: ScorerConfig, *, steps: int, minu
     caption-embedding cache. Every ``ckpt_every`` steps ``on_checkpoint(scorer, training_state)``
     is called; ``resume_from = (weights, training_state)`` continues such a checkpoint exactly. A
     non-finite loss stops with a one-line error (the last checkpoint is kept)."""
-    from divcfg.pretrain import autocast_bf16, resolve_device
+    from divcfg.models.base import check_device
+    from divcfg.pretrain import autocast_bf16
     from divcfg.stages import TimeCap, cosine_lr, non_finite_error
-    dev = resolve_device(device)
+    dev = check_device(device)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     scorer = AlignmentScorer(cfg, tok)
@@ -231,7 +232,7 @@ def _resume_state(out: Path, resume: bool, cfg: ScorerConfig) -> tuple[dict, dic
 def run(args: argparse.Namespace) -> None:
     from divcfg.music.corpus import load_split
     from divcfg.music.tokenizer import load_tokenizer
-    from divcfg.pretrain import resolve_device
+    from divcfg.models.base import check_device
     from divcfg.provenance import provenance, seed_everything, write_json_atomic
     from divcfg.stages import clear_finished, mark_finished, write_jsonl_atomic
     torch.set_num_threads(args.threads)
@@ -239,7 +240,7 @@ def run(args: argparse.Namespace) -> None:
     data_dir = Path(args.data_dir)
     test = load_split(data_dir, args.split if args.action == "eval" else "test")
     if args.action == "eval":
-        scorer = load_alignment_scorer(args.checkpoint, device=str(resolve_device(args.device)))
+        scorer = load_alignment_scorer(args.checkpoint, device=str(check_device(args.device)))
         _print_eval(evaluate(scorer, test, args.eval_pieces, args.seed))
         return
     preset = PRESETS[args.preset]

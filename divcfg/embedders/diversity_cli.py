@@ -233,9 +233,10 @@ def train_embedder(train_pieces: list[np.ndarray], cfg: EmbedderConfig, *, augme
     ``resume_from = (weights, training_state)`` continues such a checkpoint exactly. A non-finite
     loss stops with a one-line error (the last checkpoint is kept). Returns (E in eval mode,
     history with the final ``training_state``)."""
-    from divcfg.pretrain import autocast_bf16, resolve_device
+    from divcfg.models.base import check_device
+    from divcfg.pretrain import autocast_bf16
     from divcfg.stages import TimeCap, cosine_lr, non_finite_error
-    dev = resolve_device(device)
+    dev = check_device(device)
     torch.manual_seed(seed)
     E = DiversityEmbedder(cfg)
     sampler = PairSampler(train_pieces, cfg, augment, seed=seed, bar_beats=bar_beats)
@@ -391,8 +392,8 @@ def run(args: argparse.Namespace) -> None:
     seed_everything(args.seed)
     data_dir = Path(args.data_dir)
     if args.action == "eval":
-        from divcfg.pretrain import resolve_device
-        E = load_diversity_embedder(args.checkpoint, device=str(resolve_device(args.device)))
+        from divcfg.models.base import check_device
+        E = load_diversity_embedder(args.checkpoint, device=str(check_device(args.device)))
         pieces, _ = load_piece_notes(data_dir, args.split)
         res = evaluate(E, pieces, args.eval_pieces, args.seed)
         _print_eval(res)

@@ -10,13 +10,12 @@ from pathlib import Path
 
 import torch
 
+from divcfg.checkpoint import STATE_FILE, read_training_state
 from divcfg.errors import UserError
 from divcfg.finetune.config import KEY_FIELDS
 from divcfg.models.base import GeneratorPlugin, check_device, is_hf_spec, load_generator_any
 from divcfg.objectives import RewardBaseline
 from divcfg.stages import set_python_rng_state
-
-STATE_FILE = "training_state.pt"
 
 
 def autocast_supported(enabled: bool, device: torch.device) -> bool:
@@ -45,19 +44,9 @@ def _has_checkpoint(out: Path) -> bool:
 
 
 def load_training_state(ckpt_dir: Path) -> dict | None:
-    """The optimizer/scheduler/RNG state beside a checkpoint (``torch.load(weights_only=True)``)."""
-    import pickle
-    f = ckpt_dir / STATE_FILE
-    if not f.exists():
-        return None
-    try:
-        return torch.load(f, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise UserError(f"'{f}' holds objects other than tensors and plain data: refused (loading it could run "
-                        f"code); delete it to restart from the weights, or retrain") from None
-    except Exception as e:  # noqa: BLE001 - any other unpickling failure means a corrupt file
-        raise UserError(f"'{f}' is corrupt ({e.__class__.__name__}): delete it to restart from the weights, "
-                        f"or retrain") from None
+    """The optimizer/scheduler/RNG state beside a checkpoint (``torch.load(weights_only=True)``);
+    any generator's run folder, HF ones included (no ``model.safetensors`` needed)."""
+    return read_training_state(ckpt_dir / STATE_FILE)
 
 
 def _check_resumable(cfg, stored: dict, ckpt_dir: Path) -> None:
