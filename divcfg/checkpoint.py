@@ -50,6 +50,14 @@ def save_checkpoint(path: str | os.PathLike, state_dict: dict[str, torch.Tensor]
     for p in tmp.iterdir():
         with open(p, "rb") as f:
             os.fsync(f.fileno())
+    return swap_into_place(tmp, path)
+
+
+def swap_into_place(tmp: Path, path: Path) -> Path:
+    """Rename the finished folder ``tmp`` to ``path``. The previous ``path`` (complete) is kept as
+    ``<path>.old`` until the rename is done, and an existing ``.old`` is never deleted while
+    ``path`` is missing (it is then the last good checkpoint), so a kill at any point leaves one
+    loadable folder."""
     old = path.with_name(path.name + ".old")
     if path.exists():   # a complete checkpoint: it becomes the fallback (an older fallback goes)
         if old.exists():

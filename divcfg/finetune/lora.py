@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from divcfg.checkpoint import swap_into_place
 from divcfg.errors import UserError
 
 BUILTIN_TARGETS = ("qkv", "proj", "mlp.0", "mlp.2")
@@ -133,15 +134,7 @@ def _save_hf(plugin, path, record: dict, training_state: dict | None = None) -> 
     (tmp / RECORD_FILE).write_text(json.dumps(full, indent=2, default=str))
     if training_state is not None:
         torch.save(training_state, tmp / "training_state.pt")
-    old = path.with_name(path.name + ".old")
-    if old.exists():
-        shutil.rmtree(old)
-    if path.exists():
-        os.replace(path, old)
-    os.replace(tmp, path)
-    if old.exists():
-        shutil.rmtree(old)
-    return path
+    return swap_into_place(tmp, path)
 
 
 def make_lora_student(base, settings: dict, base_spec: str):

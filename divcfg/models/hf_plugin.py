@@ -30,6 +30,7 @@ from typing import Sequence
 
 import torch
 
+from divcfg.checkpoint import swap_into_place
 from divcfg.errors import UserError
 from divcfg.models.base import HF_PREFIX, GeneratorPlugin
 from divcfg.models.hf_causal_lm import HFCausalLMGenerator, encode_prompts
@@ -128,15 +129,7 @@ class HFGenerator(GeneratorPlugin):
         (tmp / RECORD_FILE).write_text(json.dumps(full, indent=2, default=str))
         if training_state is not None:
             torch.save(training_state, tmp / STATE_FILE)
-        old = path.with_name(path.name + ".old")
-        if old.exists():
-            shutil.rmtree(old)
-        if path.exists():
-            os.replace(path, old)
-        os.replace(tmp, path)
-        if old.exists():
-            shutil.rmtree(old)
-        return path
+        return swap_into_place(tmp, path)
 
     def weights(self) -> dict[str, torch.Tensor]:
         return {k: v.detach() for k, v in self.lm.state_dict().items()}
