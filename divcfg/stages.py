@@ -172,3 +172,22 @@ def non_finite_error(stage: str, loss: float, step: int, out, saved_step: int | 
             else "no checkpoint was written yet")
     return UserError(f"{stage}: non-finite loss ({loss:.4g}) at step {step}: {kept}; lower --lr and rerun "
                      f"(with --resume to continue)")
+
+
+def judge_resume_state(out: Path, resume: bool, kind: str, key: str, cfg: dict, same_flags: str
+                       ) -> tuple[dict, dict] | None:
+    """(weights, training state) of the unfinished judge run (embedder or scorer) in ``out`` when
+    ``--resume`` finds one; a run whose stored ``config[key]`` differs from ``cfg`` is refused
+    (``same_flags`` names the flags that fix it)."""
+    from divcfg.checkpoint import MODEL_FILE, STATE_FILE, load_checkpoint, load_training_state
+    if not resume:
+        return None
+    old = out.with_name(out.name + ".old")   # a kill during the atomic swap leaves only <out>.old
+    if not any((d / MODEL_FILE).exists() and (d / STATE_FILE).exists() for d in (out, old)):
+        print(f"no checkpoint in '{out}' yet: starting from scratch")
+        return None
+    weights, stored = load_checkpoint(out, kind=kind)
+    if stored.get(key) != cfg:
+        raise UserError(f"--resume with a different {key} configuration than the run in '{out}': pass the same "
+                        f"{same_flags}, or start a new run with another --out")
+    return weights, load_training_state(out)

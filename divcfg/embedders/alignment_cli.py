@@ -31,6 +31,7 @@ from tqdm import tqdm
 from divcfg.embedders.alignment import (SCORER_SIZES, AlignmentScorer, ScorerConfig, load_alignment_scorer,
                                         save_alignment_scorer)
 from divcfg.errors import UserError
+from divcfg.stages import judge_resume_state
 
 # training length: ``steps`` optimiser steps (the result does not depend on the machine's speed);
 # ``minutes`` is a safety cap whose cut is recorded as cut_short. small: the README's scorer was
@@ -213,20 +214,6 @@ def _print_eval(r: dict) -> None:
           f"AUC matched vs mismatched {r['auc']:.3f}, own caption above another {r['own_above_other']:.3f}")
 
 
-def _resume_state(out: Path, resume: bool, cfg: ScorerConfig) -> tuple[dict, dict] | None:
-    """(weights, training state) of the unfinished run in ``out`` when ``--resume`` finds one."""
-    from divcfg.checkpoint import MODEL_FILE, STATE_FILE, load_checkpoint, load_training_state
-    if not resume:
-        return None
-    old = out.with_name(out.name + ".old")   # a kill during the atomic swap leaves only <out>.old
-    if not any((d / MODEL_FILE).exists() and (d / STATE_FILE).exists() for d in (out, old)):
-        print(f"no checkpoint in '{out}' yet: starting from scratch")
-        return None
-    weights, stored = load_checkpoint(out, kind="alignment_scorer")
-    if stored.get("scorer") != asdict(cfg):
-        raise UserError(f"--resume with a different scorer configuration than the run in '{out}': pass the same "
-                        f"--preset, or start a new run with another --out")
-    return weights, load_training_state(out)
 
 
 def run(args: argparse.Namespace) -> None:
@@ -252,7 +239,7 @@ def run(args: argparse.Namespace) -> None:
     cfg = make_config(tok, args.preset)
     out = Path(args.out)
     steps = args.steps or preset["steps"]
-    resume_from = _resume_state(out, args.resume, cfg)
+    resume_from = judge_resume_state(out, args.resume, "alignment_scorer", "scorer", asdict(cfg), "--preset")
     clear_finished(out)
     base_info = {"preset": args.preset, "threads": args.threads, "device": args.device, "steps_planned": steps,
                  "n_train_pieces": len(train)}

@@ -37,6 +37,7 @@ from tqdm import tqdm
 from divcfg.embedders.diversity import (DiversityEmbedder, EmbedderConfig, load_diversity_embedder,
                                         pair_diversity, save_diversity_embedder)
 from divcfg.errors import UserError
+from divcfg.stages import judge_resume_state
 from divcfg.music import pianoroll as pr
 
 # named training presets: the ViT size plus how long to train
@@ -364,20 +365,6 @@ def _print_eval(res: dict) -> None:
           ", ".join(f"{k} {v:.3f}" for k, v in res["invariance"].items()))
 
 
-def _resume_state(out: Path, resume: bool, cfg: EmbedderConfig) -> tuple[dict, dict] | None:
-    """(weights, training state) of the unfinished run in ``out`` when ``--resume`` finds one."""
-    from divcfg.checkpoint import MODEL_FILE, STATE_FILE, load_checkpoint, load_training_state
-    if not resume:
-        return None
-    old = out.with_name(out.name + ".old")   # a kill during the atomic swap leaves only <out>.old
-    if not any((d / MODEL_FILE).exists() and (d / STATE_FILE).exists() for d in (out, old)):
-        print(f"no checkpoint in '{out}' yet: starting from scratch")
-        return None
-    weights, stored = load_checkpoint(out, kind="diversity_embedder")
-    if stored.get("embedder") != asdict(cfg):
-        raise UserError(f"--resume with a different embedder configuration than the run in '{out}': pass the same "
-                        f"--preset and size flags, or start a new run with another --out")
-    return weights, load_training_state(out)
 
 
 def _metric_rows(hist: dict) -> list[dict]:
@@ -406,7 +393,8 @@ def run(args: argparse.Namespace) -> None:
                                                         args.p_insert, args.jitter_steps)
     out = Path(args.out)
     steps = args.steps or preset["steps"]
-    resume_from = _resume_state(out, args.resume, cfg)
+    resume_from = judge_resume_state(out, args.resume, "diversity_embedder", "embedder", asdict(cfg),
+                                     "--preset and size flags")
     clear_finished(out)
     t_load = time.time()
     train, train_meta = load_piece_notes(data_dir, "train", args.max_train_pieces, args.seed)
