@@ -10,9 +10,14 @@ embeddings ``e_i`` (``divcfg.judges.base.DiversityEmbedder``) and the domain's g
 completions may earn reward: at least those the judge could embed),
 
     d_i = mean_{j≠i, same prompt} (1 − cos(e_i, e_j))      (0 for a pair with an unpaid member)
-    r_i = d_i + w·q_i                                       (q: the quality judge, w = --quality-weight)
+    additive (default):    r_i = d_i + w·q_i               (q: the quality judge, w = --quality-weight)
+    multiplicative:        r_i = d_i · clip(q_i, 0, 1) + w·q_i
 
-``w = 0`` (the default) is the paper's diversity-only reward. ``advantages`` subtracts the baseline
+``w = 0`` with the additive form (the default) is the paper's diversity-only reward. The
+multiplicative form is DARLING's (Li et al., 2025) idea for our judges: diversity pays only in
+proportion to how well the generation matches its prompt (the music scorer's cosine, clipped at 0,
+so an off-prompt or undecodable generation earns no diversity at all), which removes the cheap way
+of buying diversity by leaving the prompt behind. ``advantages`` subtracts the baseline
 of ``divcfg.objectives.RewardBaseline``; for ``loo`` the quality part gets its own leave-one-out
 baseline ``w·mean_{j≠i} q_j`` (independent of y_i, so the estimate stays unbiased).
 
@@ -55,7 +60,7 @@ class StepRewards:
     emb: torch.Tensor                # (P·G, D) unit embeddings
     embedded: torch.Tensor           # (P·G,) the judge could embed it
     paid: torch.Tensor               # (P·G,) may earn reward (the domain's gate)
-    quality: torch.Tensor | None     # (P·G,) q_i when w > 0
+    quality: torch.Tensor | None     # (P·G,) q_i when w > 0 or the form is multiplicative
 
     def stats(self, adv: torch.Tensor) -> dict[str, float]:
         out = {"reward/diversity/mean": float(self.diversity.mean()), "reward/diversity/std": float(self.diversity.std()),
@@ -68,19 +73,28 @@ class StepRewards:
         return out
 
 
+REWARD_FORMS = ("additive", "multiplicative")
+
+
 def step_rewards(diversity_judge, completions: list, G: int, gate: Callable[[torch.Tensor], torch.Tensor],
-                 quality_judge=None, prompts: Sequence[str] | None = None, quality_weight: float = 0.0) -> StepRewards:
+                 quality_judge=None, prompts: Sequence[str] | None = None, quality_weight: float = 0.0,
+                 form: str = "additive") -> StepRewards:
     """The rewards of one step's P·G completions (``gate(embedded) -> paid``)."""
+    if form not in REWARD_FORMS:
+        raise UserError(f"--reward-form must be one of {', '.join(REWARD_FORMS)}, got {form!r}")
     emb, embedded = diversity_judge.embed_with_mask(completions)
     emb, embedded = emb.float().cpu(), embedded.cpu()
     paid = gate(embedded).cpu()
     d = diversity_rewards(emb, G, paid)
     r, q = d, None
-    if quality_weight > 0:
+    if quality_weight > 0 or form == "multiplicative":
         if quality_judge is None or prompts is None:
-            raise UserError("--quality-weight > 0 needs a quality judge: pass --quality-judge module:function")
+            raise UserError(f"{'--reward-form multiplicative' if form == 'multiplicative' else '--quality-weight > 0'}"
+                            f" needs a quality judge: pass --scorer CKPT (music) or --quality-judge module:function")
         q = torch.as_tensor(quality_judge.score(list(prompts), completions)).float().cpu()
-        r = d + quality_weight * q.view_as(d)
+        if form == "multiplicative":
+            r = d * q.view_as(d).clamp(0.0, 1.0)
+        r = r + quality_weight * q.view_as(d)
     return StepRewards(r, d, emb, embedded, paid, q)
 
 

@@ -15,7 +15,7 @@ TEACHER_DTYPES = ("fp32", "bf16")
 # fields a --resume must not change (the run would silently become another experiment)
 KEY_FIELDS = ("base", "gamma", "beta", "divergence", "jsd_beta", "group_size", "baseline", "pg_normalise", "reward_gate",
               "prompts_per_step", "max_new_tokens", "seed", "embedder", "prompts", "null_prompt", "diversity_judge",
-              "quality_judge", "quality_weight", "lora_r", "lora_alpha", "lora_target_modules")
+              "quality_judge", "quality_weight", "reward_form", "lora_r", "lora_alpha", "lora_target_modules")
 
 
 @dataclass
@@ -36,6 +36,10 @@ class FinetuneConfig:
                                "similarity for text); used by the quick evaluation and --quality-weight")
     quality_weight: float = field(0.0, "weight w of the quality judge in the reward r_i = diversity_i + w·quality_i "
                                   "(0 = the paper's diversity-only reward)", ge=0)
+    reward_form: str = field("additive", "how the diversity reward meets quality: 'additive' r = d + w·q (the "
+                             "paper's when w = 0); 'multiplicative' r = d·clip(q, 0, 1) + w·q (DARLING-style: "
+                             "diversity pays in proportion to prompt alignment; needs a quality judge)",
+                             choices=("additive", "multiplicative"))
     data_dir: str = field("data/small", "data set folder (train captions for training, val for evaluation)")
     out: str = field("runs/small/ft", "run folder (checkpoint/, metrics.jsonl, summary.json)")
     seed: int = field(0, "random seed (prompts, sampling)", ge=0)
@@ -81,7 +85,7 @@ class FinetuneConfig:
                                      "block linear of the built-in model; peft's default for a Hugging Face one)")
     merge_lora: bool = field(False, "at the end, also write <out>/merged: the LoRA student as a plain full checkpoint")
     gradient_checkpointing: bool = field(False, "recompute each block's activations in the backward pass "
-                                         "(less memory for long generations, ~30% more update time)")
+                                         "(less memory for long generations, ~30%% more update time)")
     teacher_dtype: str = field("fp32", "dtype of the frozen teacher copy (bf16 halves its memory; full "
                                "fine-tuning only: with LoRA the teacher shares the student's weights)",
                                choices=TEACHER_DTYPES)
@@ -105,6 +109,8 @@ class FinetuneConfig:
              "--teacher-dtype bf16 with --lora-r: the teacher shares the student's base weights; use --bf16 "
              "(autocast) instead, or full fine-tuning"),
             (not self.merge_lora or self.lora_r > 0, "--merge-lora needs --lora-r R > 0"),
+            (self.reward_form == "additive" or self.beta == 0 or bool(self.scorer or self.quality_judge or self.prompts),
+             "--reward-form multiplicative needs a quality judge: pass --scorer CKPT (music) or --quality-judge"),
             (self.quality_weight == 0 or bool(self.scorer or self.quality_judge or self.prompts),
              "--quality-weight > 0 needs a quality judge: pass --scorer CKPT or --quality-judge module:function"),
         ]

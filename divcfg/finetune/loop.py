@@ -70,7 +70,7 @@ def reward(judges, domain, student, out_s, texts: list[str], infos: list, cfg, b
         return domain.reward_valid(cfg.reward_gate, completions, row_infos, embedded, generator=student)
 
     sr = step_rewards(judges.diversity, completions, G, gate, judges.quality, [t for t in texts for _ in range(G)],
-                      cfg.quality_weight)
+                      cfg.quality_weight, cfg.reward_form)
     if dp is not None and dp.world > 1:
         sr_all = gather_step_rewards(dp, sr)
         adv_all = advantages(baseline, sr_all, cfg.quality_weight)
