@@ -4,11 +4,14 @@ text prompts, waveform completions (MusicGen).
 - Plane: x = the user's quality judge (the audio domain has no built-in one; without it quality is
   NaN and the points are not drawn), y = ``1 − cos`` under the diversity judge (by default the
   untrained log-mel statistics stand-in, ``divcfg.domains.audio.LogMelStatsDiversity``).
-- Samples ("Listen"): for each shown prompt, one row per system with an ``<audio>`` player per clip
-  the evaluation wrote. A ``samples.jsonl`` row names its clip in ``file`` (or, as ``divcfg sample``
-  writes it, a ``completion`` that is a ``.wav`` path), relative to the run folder or absolute; the
-  clip is copied into ``report_assets/`` under a hash of its bytes (identical clips share a file), so
-  the page stays self-contained. A row without a clip says so.
+- Samples ("Listen"): for each shown prompt, one row per system with an ``<audio>`` player per clip.
+  A ``samples.jsonl`` row that names a clip the evaluation wrote (``file``, or as ``divcfg sample``
+  writes it a ``completion`` that is a ``.wav`` path; relative to the run folder or absolute) is
+  played from a copy of that file; a row without one is decoded from its recorded codec tokens by
+  the codec of the run's base checkpoint (``results["config"]["base"]``: fine-tuning and merging
+  change the decoder LM, never the audio codec). Clips go to ``report_assets/`` named by a hash of
+  their bytes (identical clips share a file), so the page stays self-contained. When neither is
+  possible (the base checkpoint moved), the page says why.
 """
 
 from __future__ import annotations
@@ -30,8 +33,7 @@ ended by itself; length in tokens (codec frames)."""
 
 LISTEN = """<h2 id="listen">Listen</h2>
 {% if not audio_requested %}<p class="muted">Audio players were turned off (<code>--no-audio</code>).</p>
-{% elif not any_clip %}<p class="muted">This run recorded no audio clips (no <code>file</code> in
-<code>samples.jsonl</code>), so there is nothing to play.</p>{% endif %}
+{% elif problem %}<p class="muted">Some clips cannot be played: {{ problem }}.</p>{% endif %}
 {% for p in prompts %}
 <h3 class="prompt">“{{ p.text }}”</h3>
 <table class="listen">
@@ -69,6 +71,36 @@ def copy_clip(path: Path, assets: Path) -> str:
     return f"{ASSETS}/{dest.name}"
 
 
+class Decoder:
+    """Codec tokens -> a WAV in ``assets``, through the base checkpoint's generator plug-in (loaded
+    on first use); ``problem`` says why not when it cannot be loaded."""
+
+    def __init__(self, spec: str, assets: Path):
+        self.spec, self.assets = spec, assets
+        self.generator = None
+        self.problem = "" if spec else "the run records no base checkpoint to decode the clips with"
+
+    def wav(self, tokens: list) -> str | None:
+        if self.problem:
+            return None
+        if self.generator is None:
+            from divcfg.errors import UserError
+            from divcfg.models.base import load_generator_any
+            try:
+                self.generator = load_generator_any(self.spec, "cpu")
+            except (UserError, OSError) as e:
+                self.problem = f"the base checkpoint '{self.spec}' does not load ({e})"
+                return None
+        from divcfg.models.musicgen import write_wav
+        clip = self.generator.decode([tokens])[0]
+        if clip is None:
+            return None
+        tmp = write_wav(self.assets / "gen_decoding.wav.tmp", clip, self.generator.sampling_rate)
+        link = copy_clip(tmp, self.assets)
+        tmp.unlink()
+        return link
+
+
 class AudioSection(ReportSection):
     domain = "audio"
     quality_axis = "quality: the quality judge's score (higher is better)"
@@ -82,19 +114,22 @@ class AudioSection(ReportSection):
 
     def samples_html(self, results: dict, shown: list, assets: Path, options: SampleOptions) -> Markup:
         run_dir = assets.parent
-        prompts, any_clip = [], False
+        decoder = Decoder((results.get("config") or {}).get("base") or "", assets)
+        prompts = []
         for p in shown:
             rows = []
             for row in p.rows:
                 cells = []
                 for s in row.samples:
-                    path = clip_path(s, run_dir) if options.audio else None
-                    any_clip |= path is not None
-                    cells.append({"wav": copy_clip(path, assets) if path else None, "quality": s.get("quality"),
-                                  "length": len(s.get("tokens") or []), "finished": s.get("finished")})
+                    wav = None
+                    if options.audio:
+                        path = clip_path(s, run_dir)
+                        wav = copy_clip(path, assets) if path else decoder.wav(s.get("tokens") or [])
+                    cells.append({"wav": wav, "quality": s.get("quality"), "length": len(s.get("tokens") or []),
+                                  "finished": s.get("finished")})
                 rows.append({"label": row.label, "cells": cells})
             prompts.append({"text": p.text, "rows": rows})
-        return render_fragment(LISTEN, prompts=prompts, any_clip=any_clip, audio_requested=options.audio)
+        return render_fragment(LISTEN, prompts=prompts, problem=decoder.problem, audio_requested=options.audio)
 
 
 def section() -> AudioSection:
