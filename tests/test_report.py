@@ -73,6 +73,29 @@ def test_report_without_audio_and_cli(report, tmp_path):
     assert cli_main(["report", str(copy), "--systems", "nope"]) == 2
 
 
+def test_the_domain_in_results_picks_the_section(report, tmp_path):
+    """The page's domain part follows results.json's "domain": a domain without a report section still
+    gets the plot and the tables, and no music; a run without the field (written before
+    it existed) is a music run."""
+    import json
+    _, run, _ = report
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    results = json.loads((copy / "results.json").read_text())
+    assert results["domain"] == "music"
+    for domain, music in (("chess", False), (None, True)):
+        if domain is None:
+            del results["domain"]
+        else:
+            results["domain"] = domain
+        (copy / "results.json").write_text(json.dumps(results))
+        text = render_report(copy, n_prompts=1, n_generations=1, audio=False).read_text()
+        assert 'id="qd-plot"' in text and 'id="results-table"' in text and 'id="fronts-table"' in text
+        assert ("pitch-class dist." in text) == music and ('id="listen"' in text) == music
+        assert ("no sample section for the chess domain" in text) == (not music)
+        assert ("text–music alignment" in text) == music
+
+
 # ---------------------------------------------------------------------------------------------
 # headless Chromium
 

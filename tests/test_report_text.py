@@ -24,6 +24,7 @@ from divcfg.cli import main as cli  # noqa: E402
 from divcfg.domains.text import split_of  # noqa: E402
 
 from test_hf_cli import ADJ, NOUN, finetune_args, make_tiny_lm  # noqa: E402
+from test_report import _open_in_chromium, chromium  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MARKUP_WORDS = ["<script>", "</script>", "&"]   # what a page must never pass through as markup
@@ -134,3 +135,16 @@ def test_rendering_a_text_run_loads_no_music_module(text_run, tmp_path):
     code = f"from divcfg.report import render_report; render_report({str(copy)!r}, n_prompts=1, n_generations=1)"
     assert _music_modules_after(code) == []
     assert (copy / "report.html").read_text(encoding="utf-8").count('<div class="cell text-cell">') > 0
+
+
+@chromium
+def test_text_report_opens_in_chromium(text_run, tmp_path):
+    """Headless Chromium loads the text page with no console error and no failed request, and the
+    markup words stay text (no script element appears in the DOM)."""
+    _, out, _ = text_run
+    dom, console, requests = _open_in_chromium(out, "report.html", tmp_path)
+    assert 'id="samples"' in dom and 'class="generation"' in dom
+    assert "<script>" not in dom and "&lt;script&gt;" in dom
+    assert console == [], console
+    failed = [(p, c) for p, c in requests if c != 200]
+    assert ("/report.html", 200) in requests and not failed, failed
