@@ -47,9 +47,9 @@ empty).</p>{% endif %}
 {% endfor %}
 """
 
-CSS = """  .text-cell { width: 320px; }
+CSS = Markup("""  .text-cell { width: 320px; }
   .text-cell pre { white-space: pre-wrap; overflow-wrap: anywhere; margin: 0 0 .2em; padding: .3em .4em;
-                   font-size: .85em; background: #fafafa; border: 1px solid #ddd; max-height: 14em; overflow-y: auto; }"""
+                   font-size: .85em; background: #fafafa; border: 1px solid #ddd; max-height: 14em; overflow-y: auto; }""")   # style rules from this module, not user text
 
 
 class TextSection(ReportSection):

@@ -21,7 +21,7 @@ predates it, when every evaluation was of the default domain :data:`LEGACY_DOMAI
 - ``samples_html(results, shown, assets, options)``: the sample section (its own ``<h2>``), given the
   generations the user chose (:func:`divcfg.report.samples.select_samples`); files it writes go to
   ``assets`` (``RUN/report_assets``) and are linked relatively (``report_assets/NAME``);
-- ``css``: extra style rules for that section.
+- ``css``: extra style rules for that section (``Markup``: printed as they are, inside ``<style>``).
 
 Fragments are rendered with :func:`divcfg.report.html.render_fragment`, which escapes every value.
 """
@@ -77,7 +77,7 @@ class ReportSection:
     diversity_axis = "diversity: mean 1 − cos within a prompt"
     quality_words = "the quality judge's score"
     diversity_words = "generations of one prompt further apart under the diversity judge"
-    css = ""
+    css = Markup("")
 
     def figure_columns(self, results: dict) -> list[Column]:
         return []
