@@ -1,6 +1,6 @@
 """`divcfg report` for the audio domain, on the real pipeline: test_musicgen's tiny MusicGen (built in
-code) evaluated through `divcfg evaluate --prompts FILE` (the default audio judges: the log-mel stand-in
-for diversity, no quality judge), then `divcfg report`. The page has the plot and one WAV player per
+code) evaluated through `divcfg evaluate --prompts FILE` (the default audio judges, no checkpoints: the log-mel
+stand-in for diversity, no quality judge), then `divcfg report`. The page has the plot and one WAV player per
 shown generation, each clip the codec's decoding of that generation's recorded tokens; without the
 base checkpoint the page says why there is nothing to play."""
 
@@ -40,7 +40,8 @@ def audio_run(tmp_path_factory) -> tuple[dict, Path, Path]:
     out = root / "eval"
     assert cli(["evaluate", "--base", f"hf:{root / 'mg'}", "--prompts", str(prompts), "--split", "train",
                 "--num-prompts", "2", "--generations", "2", "--batch-size", "4", "--cfg-gammas", "3",
-                "--temperatures", "1.5", "--lams", "", "--bootstrap", "20", "--out", str(out)]) == 0
+                "--temperatures", "1.5", "--lams", "", "--bootstrap", "20", "--embedder", "", "--scorer", "",
+                "--out", str(out)]) == 0
     return json.loads((out / "results.json").read_text()), out, root / "mg"
 
 
