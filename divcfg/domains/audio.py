@@ -2,8 +2,10 @@
 completions are waveforms (a text-to-audio generator such as MusicGen, ``completion_kind="audio"``),
 written as WAV.
 
-**Judges.** Until the paper's audio diversity embedder (a ViT over log-mel patches, issue 9 item 2)
-exists, the default diversity judge is :class:`LogMelStatsDiversity`, a fixed, untrained stand-in:
+**Judges.** ``--embedder PATH`` with an audio E checkpoint (the paper's ViT over log-mel patches,
+``divcfg embedder train --modality audio``, see ``embedders.audio``) makes it the diversity judge, the
+generator's audio resampled to E's rate. Without it the diversity judge is
+:class:`LogMelStatsDiversity`, a fixed, untrained stand-in:
 the embedding of a clip is its per-band log-mel mean (level removed) and standard deviation over
 time, ``e = [mean_t(L) − mean(L), std_t(L)]`` with ``L = log(mel(|STFT|²) + 1e-6)``; the pairwise
 diversity is ``1 − cos(e_i, e_j)``. It sees timbre and spectral balance, not melody or rhythm.
@@ -34,8 +36,9 @@ from divcfg.errors import UserError
 SILENCE_RMS = 1e-4
 
 
-def mel_filterbank(n_freqs: int, n_mels: int, sampling_rate: int) -> torch.Tensor:
-    """(n_mels, n_freqs) triangular HTK-mel filters from 0 Hz to Nyquist."""
+def mel_filterbank(n_freqs: int, n_mels: int, sampling_rate: int, f_min: float = 0.0,
+                   f_max: float | None = None) -> torch.Tensor:
+    """(n_mels, n_freqs) triangular HTK-mel filters from ``f_min`` to ``f_max`` (default 0 Hz to Nyquist)."""
     def hz_to_mel(f):
         return 2595.0 * np.log10(1.0 + f / 700.0)
 
@@ -43,7 +46,8 @@ def mel_filterbank(n_freqs: int, n_mels: int, sampling_rate: int) -> torch.Tenso
         return 700.0 * (10 ** (m / 2595.0) - 1.0)
 
     freqs = np.linspace(0, sampling_rate / 2, n_freqs)
-    edges = mel_to_hz(np.linspace(0, hz_to_mel(sampling_rate / 2), n_mels + 2))
+    top = min(f_max or sampling_rate / 2, sampling_rate / 2)
+    edges = mel_to_hz(np.linspace(hz_to_mel(f_min), hz_to_mel(top), n_mels + 2))
     fb = np.zeros((n_mels, n_freqs))
     for m in range(n_mels):
         lo, mid, hi = edges[m], edges[m + 1], edges[m + 2]
@@ -91,6 +95,17 @@ class LogMelStatsDiversity:
         return F.normalize(emb, dim=-1), valid
 
 
+def audio_embedder_judge(path: str, sampling_rate: int, device: str = "cpu"):
+    """The trained audio E at ``path`` (``divcfg embedder train --modality audio``) as the diversity
+    judge of clips at ``sampling_rate`` (resampled to E's rate)."""
+    from divcfg.embedders.audio import KIND, AudioEmbedderJudge, checkpoint_kind, load_audio_embedder
+    kind = checkpoint_kind(path)
+    if kind is not None and kind != KIND:
+        raise UserError(f"--embedder '{path}' holds a {kind!r}, not an audio diversity embedder: train one with "
+                        f"`divcfg embedder train --modality audio`, or leave --embedder out for the log-mel stand-in")
+    return AudioEmbedderJudge(load_audio_embedder(path, device=device or "cpu"), sampling_rate, name=f"audio-E:{path}")
+
+
 class AudioDomain(TextDomain):
     name = "audio"
     reward_gates = ("empty",)
@@ -105,8 +120,9 @@ class AudioDomain(TextDomain):
         if sr is None and "diversity" in need and not diversity_judge:
             raise UserError("the audio domain needs a generator with a sampling rate (a MusicGen hf:PATH) "
                             "or --diversity-judge module:function")
-        return user_or_default_judges(diversity_judge, quality_judge, lambda: LogMelStatsDiversity(sr),
-                                      lambda: None, need)
+        return user_or_default_judges(diversity_judge, quality_judge,
+                                      lambda: audio_embedder_judge(embedder, sr, device) if embedder
+                                      else LogMelStatsDiversity(sr), lambda: None, need)
 
     def prepare_generator(self, generator) -> None:
         if getattr(generator, "completion_kind", None) != "audio":
