@@ -305,8 +305,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     t = sub.add_parser("train", help="train E on a data cache and print held-out retrieval")
     t.add_argument("--data-dir", default="data/small", help="data cache (from `divcfg data`)")
-    t.add_argument("--out", help="checkpoint folder to write (default: runs/small/embedder; runs/audio/embedder "
-                                 "with --modality audio)")
+    t.add_argument("--out", default="runs/small/embedder", help="checkpoint folder to write")
     t.add_argument("--preset", default="small", choices=sorted(PRESETS),
                    help="named size: tiny (tests, <1 min), small (default, ~15 min on 2 CPU cores), "
                         "paper (12 layers, 6 heads)")
@@ -339,9 +338,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--threads", type=arg_type(int, ge=1), default=2,
                    help="torch CPU threads (on a busy shared machine 1 is often faster)")
     t.add_argument("--seed", type=arg_type(int, ge=0), default=0)
-    from divcfg.stages import seed_list
-    t.add_argument("--seeds", type=seed_list, default=None,
-                   help="train one model per seed, e.g. 0,1,2: seed 0 in --out, seed s in <out>_s<s> (overrides --seed)")
     e = sub.add_parser("eval", help="held-out retrieval and invariance figures of a trained E")
     e.add_argument("--checkpoint", default="runs/small/embedder")
     e.add_argument("--data-dir", default="data/small")
@@ -379,16 +375,11 @@ def _metric_rows(hist: dict) -> list[dict]:
 
 
 def run(args: argparse.Namespace) -> None:
-    from divcfg.stages import run_per_seed
-    if getattr(args, "action", None) == "train" and run_per_seed(args, run):
-        return
     from divcfg.provenance import provenance, seed_everything, write_json_atomic
     from divcfg.stages import clear_finished, mark_finished, write_jsonl_atomic
     from divcfg.embedders import audio_cli
     if audio_cli.wants_audio(args):
         return audio_cli.run(args)
-    if args.action == "train":
-        args.out = args.out or "runs/small/embedder"
     torch.set_num_threads(args.threads)
     seed_everything(args.seed)
     data_dir = Path(args.data_dir)
