@@ -148,12 +148,18 @@ def print_eval(res: dict) -> None:
 # CLI (flags added to `divcfg embedder train|eval` by diversity_cli)
 
 
+class DefaultOut(str):
+    """The symbolic ``--out`` default, marked as not given (so the audio E goes to ``DEFAULT_OUT``)."""
+
+
 def add_audio_arguments(train: argparse.ArgumentParser, evaluate: argparse.ArgumentParser) -> None:
     from divcfg.config import arg_type
+    train.set_defaults(out=DefaultOut(train.get_default("out") or "runs/small/embedder"))
     for p in (train, evaluate):
         p.add_argument("--modality", choices=["symbolic", "audio"], default="symbolic",
                        help="symbolic: the piano-roll E (default); audio: the paper's log-mel E over the corpus "
-                            "rendered by the synthesiser (eval: found from the checkpoint's kind)")
+                            "rendered by the synthesiser, --out default runs/audio/embedder (eval: found from "
+                            "the checkpoint's kind)")
         p.add_argument("--sample-rate", type=arg_type(int, ge=4000, le=48000), default=16000,
                        help="audio: E's sample rate (the corpus is rendered at it)")
         p.add_argument("--max-seconds", type=arg_type(float, gt=0), default=30.0,
@@ -190,7 +196,7 @@ def run(args: argparse.Namespace) -> None:
     cfg = preset_config(args.preset, args.sample_rate)
     augment = None if args.no_augment else AudioAugment(args.max_tempo, args.max_semitones,
                                                         (args.snr_db, args.snr_db + 30.0), args.p_noise)
-    out = Path(args.out or DEFAULT_OUT)
+    out = Path(DEFAULT_OUT if isinstance(args.out, DefaultOut) or not args.out else args.out)
     steps = args.steps or preset["steps"]
     resume_from = judge_resume_state(out, args.resume, KIND, "embedder", asdict(cfg),
                                      "--preset and --sample-rate")
