@@ -189,10 +189,13 @@ def test_audio_domain_uses_a_trained_audio_E_at_the_generators_rate(tmp_path, cl
     assert valid.tolist() == [True, True, True, False] and torch.equal(emb[3], torch.zeros(emb.shape[1]))
     direct = trained["E"].embed_waveforms([clips[i] for i in range(3)])
     assert (emb[:3] * direct).sum(1).min() > 0.98                       # resampled back to E's 16 kHz
-    with pytest.raises(UserError, match="not an audio diversity embedder"):
-        from divcfg.embedders.diversity import DiversityEmbedder, EmbedderConfig, save_diversity_embedder
-        sym = save_diversity_embedder(tmp_path / "sym", DiversityEmbedder(EmbedderConfig(vit="tiny")))
-        AudioDomain(None).judges(embedder=str(sym), generator=Gen(), need=("diversity",))
+    # a symbolic E (the music presets' --embedder default) or no checkpoint: the log-mel stand-in
+    from divcfg.domains.audio import LogMelStatsDiversity
+    from divcfg.embedders.diversity import DiversityEmbedder, EmbedderConfig, save_diversity_embedder
+    sym = save_diversity_embedder(tmp_path / "sym", DiversityEmbedder(EmbedderConfig(vit="tiny")))
+    for other in (str(sym), str(tmp_path / "missing"), ""):
+        judges = AudioDomain(None).judges(embedder=other, generator=Gen(), need=("diversity",))
+        assert isinstance(judges.diversity, LogMelStatsDiversity) and judges.names["diversity"] == "logmel-stats"
 
 
 # --------------------------------------------------------------------------- the CLI

@@ -4,7 +4,8 @@ written as WAV.
 
 **Judges.** ``--embedder PATH`` with an audio E checkpoint (the paper's ViT over log-mel patches,
 ``divcfg embedder train --modality audio``, see ``embedders.audio``) makes it the diversity judge, the
-generator's audio resampled to E's rate. Without it the diversity judge is
+generator's audio resampled to E's rate. Without one (``--embedder`` naming no checkpoint, or a
+symbolic E) the diversity judge is
 :class:`LogMelStatsDiversity`, a fixed, untrained stand-in:
 the embedding of a clip is its per-band log-mel mean (level removed) and standard deviation over
 time, ``e = [mean_t(L) − mean(L), std_t(L)]`` with ``L = log(mel(|STFT|²) + 1e-6)``; the pairwise
@@ -96,14 +97,20 @@ class LogMelStatsDiversity:
 
 
 def audio_embedder_judge(path: str, sampling_rate: int, device: str = "cpu"):
-    """The trained audio E at ``path`` (``divcfg embedder train --modality audio``) as the diversity
-    judge of clips at ``sampling_rate`` (resampled to E's rate)."""
+    """The diversity judge for ``--embedder path``: the trained audio E there (``divcfg embedder train
+    --modality audio``) on clips at ``sampling_rate`` (resampled to E's rate). ``--embedder`` defaults
+    to a music (symbolic) E path in the finetune/evaluate presets, so any other value (no checkpoint
+    there, or a symbolic E: one note line on stderr) gives the log-mel stand-in."""
+    import sys
     from divcfg.embedders.audio import KIND, AudioEmbedderJudge, checkpoint_kind, load_audio_embedder
-    kind = checkpoint_kind(path)
-    if kind is not None and kind != KIND:
-        raise UserError(f"--embedder '{path}' holds a {kind!r}, not an audio diversity embedder: train one with "
-                        f"`divcfg embedder train --modality audio`, or leave --embedder out for the log-mel stand-in")
-    return AudioEmbedderJudge(load_audio_embedder(path, device=device or "cpu"), sampling_rate, name=f"audio-E:{path}")
+    kind = checkpoint_kind(path) if path else None
+    if kind == KIND:
+        return AudioEmbedderJudge(load_audio_embedder(path, device=device or "cpu"), sampling_rate,
+                                  name=f"audio-E:{path}")
+    if kind is not None:
+        print(f"note: --embedder '{path}' holds a {kind!r}, not an audio E: the audio domain judges diversity with "
+              f"the log-mel stand-in (train an audio E with `divcfg embedder train --modality audio`)", file=sys.stderr)
+    return LogMelStatsDiversity(sampling_rate)
 
 
 class AudioDomain(TextDomain):
@@ -120,9 +127,8 @@ class AudioDomain(TextDomain):
         if sr is None and "diversity" in need and not diversity_judge:
             raise UserError("the audio domain needs a generator with a sampling rate (a MusicGen hf:PATH) "
                             "or --diversity-judge module:function")
-        return user_or_default_judges(diversity_judge, quality_judge,
-                                      lambda: audio_embedder_judge(embedder, sr, device) if embedder
-                                      else LogMelStatsDiversity(sr), lambda: None, need)
+        return user_or_default_judges(diversity_judge, quality_judge, lambda: audio_embedder_judge(embedder, sr, device),
+                                      lambda: None, need)
 
     def prepare_generator(self, generator) -> None:
         if getattr(generator, "completion_kind", None) != "audio":
