@@ -249,29 +249,19 @@ def add_arguments(parser) -> None:
     parser.add_argument("--root", default=None, help="folder for all runs (default: runs/<preset>)")
     parser.add_argument("--data-root", default="data", help="folder for data sets")
     from divcfg.config import arg_type
+    from divcfg.stages import seed_list
     parser.add_argument("--beta", type=arg_type(float, gt=0), default=None,
                         help="β of the diversity student (default: the preset's, 5; on the small testbed β=5 kept the "
                              "requested meter where the paper's β=15 did not, see README Results)")
     parser.add_argument("--from-scratch", action="store_true",
                         help="train the base, E and the scorer instead of installing the shipped checkpoints "
                              "(divcfg/weights; the small preset's commands made them)")
-    parser.add_argument("--seeds", type=_seed_list, default=(0,),
+    parser.add_argument("--seeds", type=seed_list, default=(0,),
                         help="training seeds of the students, e.g. 0,1,2: a β=0 and a β>0 student per seed "
                              "(ft_beta0, ft_beta0_s1, …); the evaluation aggregates over them")
     parser.add_argument("--force", action="append", default=[],
                         help="redo a stage even if cached (repeatable): data, pretrain, embedder, scorer, "
                              "gamma, finetune_beta0, finetune_beta, evaluate")
-
-
-def _seed_list(text: str) -> tuple[int, ...]:
-    import argparse
-    try:
-        seeds = tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--seeds takes comma-separated integers ≥ 0, e.g. 0,1,2: got {text!r}") from None
-    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
-        raise argparse.ArgumentTypeError(f"--seeds takes distinct integers ≥ 0, e.g. 0,1,2: got {text!r}")
-    return seeds
 
 
 def run(args) -> None:

@@ -191,3 +191,37 @@ def judge_resume_state(out: Path, resume: bool, kind: str, key: str, cfg: dict, 
         raise UserError(f"--resume with a different {key} configuration than the run in '{out}': pass the same "
                         f"{same_flags}, or start a new run with another --out")
     return weights, load_training_state(out)
+
+
+def seed_out_dir(out: str | os.PathLike, seed: int) -> str:
+    """The run folder of training seed ``seed``: ``out`` itself for seed 0, ``out_s{seed}`` otherwise
+    (the convention of the demo's students, ``ft_beta0`` / ``ft_beta0_s1``)."""
+    return str(out) if seed == 0 else f"{out}_s{seed}"
+
+
+def run_per_seed(args, run_one) -> bool:
+    """``--seeds a,b,c`` on a training command: run ``run_one(args)`` once per seed, with ``args.seed``
+    set and ``args.out`` moved to :func:`seed_out_dir`. False (nothing done) when ``--seeds`` is not given,
+    so a command's ``run`` starts with ``if run_per_seed(args, run): return``."""
+    import copy
+    seeds = getattr(args, "seeds", None)
+    if not seeds:
+        return False
+    for s in seeds:
+        one = copy.copy(args)
+        one.seeds, one.seed, one.out = None, s, seed_out_dir(args.out, s)
+        print(f"— training seed {s} → '{one.out}'", flush=True)
+        run_one(one)
+    return True
+
+
+def seed_list(text: str) -> tuple[int, ...]:
+    """argparse type of ``--seeds``: distinct comma-separated integers ≥ 0."""
+    import argparse
+    try:
+        seeds = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--seeds takes comma-separated integers ≥ 0, e.g. 0,1,2: got {text!r}") from None
+    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"--seeds takes distinct integers ≥ 0, e.g. 0,1,2: got {text!r}")
+    return seeds

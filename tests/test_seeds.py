@@ -190,3 +190,25 @@ def test_report_shows_seed_spread_claims_and_cut_short(seeded_run):
     # listening rows: one seed's students by default
     assert "distilled β=0 (seed 3)" in page.split('id="listen"')[1]
     assert "distilled β=0 (seed 7)" not in page.split('id="listen"')[1]
+
+
+def test_judges_train_one_model_per_seed_in_one_invocation(tiny_data_dir, tmp_path):
+    """`--seeds 0,1` trains E and the scorer once per seed: seed 0 in --out, seed 1 in <out>_s1, each
+    finished (DONE.json) with its own seed recorded, and the two seeds' weights differ."""
+    from safetensors.torch import load_file
+    from divcfg.stages import read_marker
+    for cmd in ("embedder", "scorer"):
+        out = tmp_path / cmd
+        assert cli_main([cmd, "train", "--preset", "tiny", "--data-dir", str(tiny_data_dir), "--out", str(out),
+                         "--steps", "3", "--eval-pieces", "6", "--seeds", "0,1"]) == 0
+        dirs = [out, tmp_path / f"{cmd}_s1"]
+        markers = [read_marker(d) for d in dirs]
+        assert all(m and m["finished"] for m in markers), markers
+        assert [m["provenance"]["seed"] for m in markers] == [0, 1]
+        w0, w1 = (load_file(str(next(d.glob("*.safetensors")))) for d in dirs)
+        assert w0.keys() == w1.keys()
+        assert any(not torch.equal(w0[k], w1[k]) for k in w0), f"{cmd}: seeds 0 and 1 trained identical weights"
+    with pytest.raises(SystemExit) as e:
+        cli_main(["scorer", "train", "--preset", "tiny", "--data-dir", str(tiny_data_dir),
+                  "--out", str(tmp_path / "x"), "--seeds", "1,1"])
+    assert e.value.code == 2

@@ -198,6 +198,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--eval-pieces", type=arg_type(int, ge=2), default=100, help="N held-out candidates")
     t.add_argument("--threads", type=arg_type(int, ge=1), default=1, help="torch CPU threads (the machine is shared)")
     t.add_argument("--seed", type=arg_type(int, ge=0), default=0)
+    from divcfg.stages import seed_list
+    t.add_argument("--seeds", type=seed_list, default=None,
+                   help="train one model per seed, e.g. 0,1,2: seed 0 in --out, seed s in <out>_s<s> (overrides --seed)")
     e = sub.add_parser("eval", help="held-out recall and AUC of a trained scorer")
     e.add_argument("--checkpoint", default="runs/small/scorer")
     e.add_argument("--data-dir", default="data/small")
@@ -217,6 +220,9 @@ def _print_eval(r: dict) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    from divcfg.stages import run_per_seed
+    if getattr(args, "action", None) == "train" and run_per_seed(args, run):
+        return
     from divcfg.music.corpus import load_split
     from divcfg.music.tokenizer import load_tokenizer
     from divcfg.models.base import check_device

@@ -338,6 +338,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--threads", type=arg_type(int, ge=1), default=2,
                    help="torch CPU threads (on a busy shared machine 1 is often faster)")
     t.add_argument("--seed", type=arg_type(int, ge=0), default=0)
+    from divcfg.stages import seed_list
+    t.add_argument("--seeds", type=seed_list, default=None,
+                   help="train one model per seed, e.g. 0,1,2: seed 0 in --out, seed s in <out>_s<s> (overrides --seed)")
     e = sub.add_parser("eval", help="held-out retrieval and invariance figures of a trained E")
     e.add_argument("--checkpoint", default="runs/small/embedder")
     e.add_argument("--data-dir", default="data/small")
@@ -375,6 +378,9 @@ def _metric_rows(hist: dict) -> list[dict]:
 
 
 def run(args: argparse.Namespace) -> None:
+    from divcfg.stages import run_per_seed
+    if getattr(args, "action", None) == "train" and run_per_seed(args, run):
+        return
     from divcfg.provenance import provenance, seed_everything, write_json_atomic
     from divcfg.stages import clear_finished, mark_finished, write_jsonl_atomic
     from divcfg.embedders import audio_cli

@@ -257,5 +257,5 @@ def run(args) -> None:
     results = evaluate_seeds(cfg)  # one run, or one per student seed (--quality a,b --diversity x,y)
     print(format_table(results))
     print(format_claims(results["claims"]))
-    hint = f"; render the page with `divcfg report {cfg.out}`" if results["domain"] == "music" else ""
-    print(f"wrote {Path(cfg.out) / 'results.json'}, results.csv, samples.jsonl{hint}")
+    print(f"wrote {Path(cfg.out) / 'results.json'}, results.csv, samples.jsonl; render the page with "
+          f"`divcfg report {cfg.out}`")

@@ -125,7 +125,7 @@ PRESETS: dict[str, dict] = {
                  eval_every=10, eval_prompts=4, eval_max_new_tokens=0, ckpt_every=10, updates_per_batch=1,
                  preset="tiny"),
     "demo": dict(data_dir="data/small", base="runs/demo/base", embedder="runs/demo/embedder", out="runs/demo/ft",
-                 prompts_per_step=8, max_new_tokens=160, max_steps=80, max_minutes=10.0, eval_every=0,
+                 prompts_per_step=8, max_new_tokens=160, max_steps=80, max_minutes=60.0, eval_every=0,
                  eval_prompts=8, eval_max_new_tokens=256, ckpt_every=20, preset="demo"),
     # step-bounded: 290 steps is what the README's 11-minute students reached on the idle machine;
     # max_minutes is only a safety cap (a run it stops is recorded as cut_short)

@@ -1,5 +1,5 @@
 """Listening: a ``symusic.Score`` to MIDI and to WAV (General MIDI soundfont). Piano-roll pictures
-are drawn by ``divcfg.report.piano_roll_png``.
+are drawn by ``divcfg.domains.music_report.piano_roll_png``.
 
 Audio uses symusic 0.5.9's built-in synthesiser (prestosynth) with a General MIDI soundfont:
 ``$DIVCFG_SOUNDFONT`` if set, else the first of ``SOUNDFONT_CANDIDATES`` that exists (Debian's

@@ -1,0 +1,154 @@
+"""`divcfg select`: choose the diversity student's reward form and β on *validation* prompts.
+
+Each candidate ``form:β`` (``additive:5``, ``multiplicative:10``; ``divcfg.rewards``) is trained
+exactly as ``divcfg demo`` trains its diversity student: the preset's fine-tuning flags, the demo's
+shipped base and judges, its γ* (chosen on validation prompts by the demo's gamma stage), student
+seed ``--seed``. Each is then evaluated with the base (and the demo's β=0 student, for reference) on
+the validation split — never the test prompts the demo's report holds out. The rule, stated before
+looking at the numbers (issue 11: "more diverse than the base and β=0, without falling below the
+base's quality"):
+
+    eligible = {c : q_val(c) ≥ q_val(base)}
+    chosen   = argmax_{c ∈ eligible} d_val(c)        (none eligible: argmax_c q_val(c))
+
+with q the alignment scorer's mean and d E's mean within-prompt pairwise distance. Candidates whose
+folder holds a finished student (``DONE.json``) are not retrained; evaluations are cached in
+``<out>/eval_<name>``. The table goes to ``<out>/selection.json`` and ``<out>/selection.md``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from divcfg.errors import UserError
+from divcfg.provenance import provenance, write_json_atomic
+
+FORMS = {"additive": "add", "multiplicative": "mult"}
+
+
+def parse_candidates(text: str) -> list[tuple[str, float]]:
+    """``additive:5,multiplicative:10`` → ``[("additive", 5.0), ("multiplicative", 10.0)]``."""
+    out = []
+    for item in (x.strip() for x in text.split(",") if x.strip()):
+        form, _, beta = item.partition(":")
+        try:
+            b = float(beta)
+        except ValueError:
+            b = float("nan")
+        if form not in FORMS or not b > 0 or b == float("inf"):
+            raise UserError(f"--candidates takes form:β items with form in {', '.join(FORMS)} and β > 0, "
+                            f"e.g. additive:5,multiplicative:10: got {item!r}")
+        out.append((form, b))
+    if not out:
+        raise UserError("--candidates is empty: pass e.g. additive:5,multiplicative:10")
+    return out
+
+
+def candidate_name(form: str, beta: float) -> str:
+    return f"{FORMS[form]}_b{beta:g}"
+
+
+def choose(rows: dict[str, dict]) -> tuple[str, str]:
+    """(chosen candidate, why) from rows by name with 'quality', 'diversity'; 'base' is the reference."""
+    base_q = rows["base"]["quality"]
+    cands = {k: v for k, v in rows.items() if k not in ("base", "beta0")}
+    eligible = {k: v for k, v in cands.items() if v["quality"] >= base_q}
+    if eligible:
+        best = max(eligible, key=lambda k: eligible[k]["diversity"])
+        return best, f"most diverse of the {len(eligible)} candidate(s) whose validation quality ≥ the base's ({base_q:.3f})"
+    best = max(cands, key=lambda k: cands[k]["quality"])
+    return best, f"no candidate kept the base's validation quality ({base_q:.3f}): the one with the best quality"
+
+
+def _row(results_file: Path, name: str) -> dict:
+    res = json.loads(results_file.read_text())
+    r = next(r for r in res["systems"] if r["name"] == name)
+    keep = ("quality", "quality_ci_low", "quality_ci_high", "diversity", "diversity_ci_low", "diversity_ci_high",
+            "valid_rate", "mean_length", "attr_key_relative", "attr_meter")
+    return {k: r.get(k) for k in keep}
+
+
+def run_selection(preset: str, demo_root: str, candidates: list[tuple[str, float]], out: str, seed: int = 0,
+                  num_prompts: int = 48, generations: int = 4, threads: int = 1) -> dict:
+    from divcfg.cli import run_command
+    from divcfg.demo import PRESETS, _flags
+    from divcfg.stages import is_finished
+    p = PRESETS[preset]
+    root, out_dir = Path(demo_root), Path(out)
+    try:
+        record = json.loads((root / "demo.json").read_text())
+        gamma = float(record["gamma_star"])
+    except (OSError, ValueError, KeyError):
+        raise UserError(f"'{root}/demo.json' has no γ*: run `divcfg demo --preset {preset} --root {root}` first "
+                        f"(its gamma stage chooses γ* on validation prompts)") from None
+    ck = {k: root / "shipped" / k for k in ("base", "embedder", "scorer")} if p.shipped else \
+        {k: root / k for k in ("base", "embedder", "scorer")}
+    data_dir = Path("data") / p.data_preset
+    out_dir.mkdir(parents=True, exist_ok=True)
+    common_eval = ["--preset", p.evaluate.get("preset", preset), "--split", "val", "--num-prompts", str(num_prompts), "--generations", str(generations),
+                   "--cfg-gammas", "", "--temperatures", "", "--lams", "", "--base", str(ck["base"]),
+                   "--embedder", str(ck["embedder"]), "--scorer", str(ck["scorer"]), "--data-dir", str(data_dir),
+                   "--seed", "0", "--threads", str(threads)]
+    rows: dict[str, dict] = {}
+    ref = out_dir / "eval_reference"
+    if not (ref / "results.json").exists():
+        print(f"evaluating the base and the β=0 student on {num_prompts} validation prompts …", flush=True)
+        run_command(["evaluate", *common_eval, "--quality", str(root / "ft_beta0"), "--out", str(ref)])
+    rows["base"] = _row(ref / "results.json", "base")
+    rows["beta0"] = _row(ref / "results.json", "distilled")
+    for form, beta in candidates:
+        name = candidate_name(form, beta)
+        sdir, edir = out_dir / name, out_dir / f"eval_{name}"
+        if not is_finished(sdir):
+            print(f"training candidate {name} …", flush=True)
+            run_command(["finetune", *_flags(p.finetune), "--base", str(ck["base"]), "--gamma", f"{gamma:g}",
+                         "--beta", f"{beta:g}", "--reward-form", form, "--seed", str(seed),
+                         "--embedder", str(ck["embedder"]), "--scorer", str(ck["scorer"]),
+                         "--data-dir", str(data_dir), "--out", str(sdir), "--resume", "--threads", str(threads),
+                         "--no-progress"])
+        if not (edir / "results.json").exists():
+            print(f"evaluating candidate {name} on validation prompts …", flush=True)
+            run_command(["evaluate", *common_eval, "--diversity", str(sdir), "--out", str(edir)])
+        rows[name] = {"form": form, "beta": beta, **_row(edir / "results.json", "diversity")}
+    chosen, why = choose(rows)
+    result = {"preset": preset, "gamma_star": gamma, "seed": seed, "split": "val", "num_prompts": num_prompts,
+              "generations": generations, "rule": "argmax validation diversity s.t. validation quality ≥ base's",
+              "rows": rows, "chosen": chosen, "why": why, "provenance": provenance(seed, stage="select")}
+    write_json_atomic(out_dir / "selection.json", result)
+    (out_dir / "selection.md").write_text(format_table(result) + "\n")
+    print(format_table(result))
+    return result
+
+
+def format_table(result: dict) -> str:
+    lines = [f"Validation ({result['num_prompts']} prompts × {result['generations']}, γ*={result['gamma_star']:g}, "
+             f"student seed {result['seed']})", "",
+             "| system | quality [95% CI] | diversity [95% CI] | valid | length |", "|---|---|---|---|---|"]
+    for name, r in result["rows"].items():
+        label = {"base": "base", "beta0": "β=0 (demo's)"}.get(name, f"{r.get('form')} β={r.get('beta', 0):g}")
+        mark = " **chosen**" if name == result["chosen"] else ""
+        lines.append(f"| {label}{mark} | {r['quality']:.3f} [{r['quality_ci_low']:.3f}, {r['quality_ci_high']:.3f}] "
+                     f"| {r['diversity']:.3f} [{r['diversity_ci_low']:.3f}, {r['diversity_ci_high']:.3f}] "
+                     f"| {r['valid_rate']:.2f} | {r['mean_length']:.0f} |")
+    lines += ["", f"Chosen: {result['chosen']}: {result['why']}."]
+    return "\n".join(lines)
+
+
+def add_arguments(parser) -> None:
+    from divcfg.config import arg_type
+    from divcfg.demo import PRESETS
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="demo", help="the demo preset whose students are compared")
+    parser.add_argument("--demo-root", default=None, help="the demo's run folder (default runs/<preset>): its γ* and checkpoints")
+    parser.add_argument("--candidates", default="additive:2,additive:5,multiplicative:5,multiplicative:10,multiplicative:20",
+                        help="form:β items (form: additive or multiplicative)")
+    parser.add_argument("--out", default="runs/select", help="folder for the candidates, their evaluations and the table")
+    parser.add_argument("--seed", type=arg_type(int, ge=0), default=0, help="the candidates' training seed")
+    parser.add_argument("--num-prompts", type=arg_type(int, ge=1), default=48, help="validation prompts")
+    parser.add_argument("--generations", type=arg_type(int, ge=2), default=4, help="generations per prompt")
+    parser.add_argument("--threads", type=arg_type(int, ge=0), default=1, help="torch CPU threads")
+
+
+def run(args) -> None:
+    run_selection(args.preset, args.demo_root or f"runs/{args.preset}", parse_candidates(args.candidates), args.out,
+                  args.seed, args.num_prompts, args.generations, args.threads)
