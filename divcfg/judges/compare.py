@@ -11,7 +11,8 @@ Every generation of ``<run>/samples.jsonl`` (all systems, the run's held-out pro
 Per system and prompt: ``d_p = mean over the G(G−1)/2 pairs of 1 − cos(E(y_i), E(y_j))`` (a pair with
 an empty/undecodable member counts 0, as in ``divcfg evaluate``); per system the mean over prompts
 with a percentile bootstrap interval over prompts (the same resampled prompts for every system and
-judge). Each judge ranks the systems by that mean (1 = most diverse); agreement is Kendall's τ_b and
+judge), and each system's paired difference to the first system (the base) with its interval from
+the same resamples. Each judge ranks the systems by that mean (1 = most diverse); agreement is Kendall's τ_b and
 Spearman's ρ between the judges' system means (scipy), with a bootstrap interval for τ from the
 same resamples, and Spearman's ρ over all (system, prompt) values.
 
@@ -103,8 +104,14 @@ def compare(per_prompt: dict[str, dict[str, np.ndarray]], n_boot: int = 1000, se
         boots[j] = bootstrap_means(pp, n_boot, seed)
         means = {s: float(v.mean()) for s, v in pp.items()}
         rk = ranks(means)
+        ref = next(iter(pp))
         out["judges"][j] = {s: {"diversity": means[s], "ci_low": float(np.percentile(boots[j][s], lo_q)),
-                                "ci_high": float(np.percentile(boots[j][s], hi_q)), "rank": rk[s]} for s in pp}
+                                "ci_high": float(np.percentile(boots[j][s], hi_q)), "rank": rk[s],
+                                "minus_ref": means[s] - means[ref],
+                                "minus_ref_ci": [float(np.percentile(boots[j][s] - boots[j][ref], lo_q)),
+                                                 float(np.percentile(boots[j][s] - boots[j][ref], hi_q))]}
+                            for s in pp}
+        out["reference_system"] = ref
     names = list(per_prompt)
     for a in range(len(names)):
         for b in range(a + 1, len(names)):
@@ -134,6 +141,16 @@ def markdown(res: dict, labels: dict[str, str]) -> str:
             r = res["judges"][j][s]
             cells += [f"{r['diversity']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]", f"{r['rank']:g}"]
         lines.append(f"| {labels.get(s, s)} | " + " | ".join(cells) + " |")
+    ref = res.get("reference_system")
+    if ref is not None:
+        lines += ["", f"| system | " + " | ".join(f"{LABELS.get(j, j)}: − {labels.get(ref, ref)} [95% CI, paired]"
+                                                 for j in judges) + " |", "|" + "---|" * (1 + len(judges))]
+        for s in res["judges"][judges[0]]:
+            if s == ref:
+                continue
+            cells = [f"{res['judges'][j][s]['minus_ref']:+.3f} [{res['judges'][j][s]['minus_ref_ci'][0]:+.3f}, "
+                     f"{res['judges'][j][s]['minus_ref_ci'][1]:+.3f}]" for j in judges]
+            lines.append(f"| {labels.get(s, s)} | " + " | ".join(cells) + " |")
     lines.append("")
     lines.append("| judges | Kendall τ_b (systems) [95% CI] | Spearman ρ (systems) | Spearman ρ (system × prompt) |")
     lines.append("|---|---|---|---|")
