@@ -54,7 +54,7 @@ def test_diff_says_which_new_values_lie_within_the_published_intervals(tmp_path)
 def test_recipes_state_their_seeds():
     assert RECIPES["small"].seeds == (0, 1, 2) and "--seeds" in RECIPES["small"].steps[0]
     assert RECIPES["small"].steps[0][RECIPES["small"].steps[0].index("--seeds") + 1] == "0,1,2"
-    assert RECIPES["small"].published == "docs/results/results.csv"
+    assert RECIPES["small"].published == "docs/results/small/results.csv"
 
 
 @pytest.mark.slow
