@@ -198,6 +198,19 @@ def test_audio_domain_uses_a_trained_audio_E_at_the_generators_rate(tmp_path, cl
         assert isinstance(judges.diversity, LogMelStatsDiversity) and judges.names["diversity"] == "logmel-stats"
 
 
+def test_musicgen_finetune_judges_diversity_with_the_audio_E(tmp_path, monkeypatch):
+    """The unchanged fine-tuning loop on a tiny random MusicGen (800 Hz audio) with β > 0 and
+    ``--embedder`` an audio E: the run records the audio E as its diversity judge and pays a reward."""
+    from test_musicgen import _finetune_tiny
+    E = save_audio_embedder(tmp_path / "audio_E", AudioEmbedder(tiny_cfg()))
+    _finetune_tiny(tmp_path, monkeypatch, embedder=str(E))
+    record = json.loads((tmp_path / "run" / "checkpoint" / "divcfg.json").read_text())
+    assert f"audio-E:{E}" in json.dumps(record)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    rewards = [r["reward/diversity/mean"] for r in rows if "reward/diversity/mean" in r]
+    assert rewards and all(0 <= r <= 2 for r in rewards) and max(rewards) > 0
+
+
 # --------------------------------------------------------------------------- the CLI
 
 def test_cli_trains_resumes_and_evaluates(tiny_data_dir, tmp_path, capsys):
