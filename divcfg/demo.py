@@ -45,6 +45,8 @@ class DemoPreset:
     finetune: dict
     evaluate: dict
     beta: float
+    reward_form: str = "additive"   # the diversity student's (divcfg.rewards); β=0 trains without a reward
+    seeds: tuple[int, ...] = (0,)   # the students' training seeds (--seeds overrides)
     threads: int = 2
     shipped: bool = False   # base, E and scorer from divcfg.pretrained (the three stages above: --from-scratch)
 
@@ -52,9 +54,9 @@ class DemoPreset:
 # Every stage is bounded by steps; "minutes" / the presets' max_minutes are only safety caps.
 # "demo" and "small" start from the shipped base, E and scorer (trained by the small preset's
 # commands, E with 2,000 steps: divcfg/weights/music21_small/MANIFEST.json); --from-scratch trains them.
-# β=5: of the two values the small run tried ({5, 15}), the one that did not buy diversity by
-# ignoring the prompt's meter (README Results) — chosen then on the test split, not re-selected on
-# validation since.
+# β=5 with the paper's additive reward: chosen on 48 *validation* prompts by `divcfg select` among
+# additive β ∈ {2, 5} and multiplicative (DARLING-style) β ∈ {5, 10, 20, 40}: the most diverse student
+# whose validation quality is not below the base's (docs/results/selection/selection.md).
 PRESETS: dict[str, DemoPreset] = {
     # `make demo`: students of 120 steps, 32 held-out prompts × 4 (≤ 15 min with set-up, 2 idle cores)
     "demo": DemoPreset(
@@ -78,16 +80,18 @@ PRESETS: dict[str, DemoPreset] = {
         finetune={"preset": "tiny"},
         evaluate={"preset": "tiny"},
         beta=15.0, threads=2),
-    # the paper-scale CPU run: the small presets, 128 held-out prompts (add --seeds 0,1,2)
+    # the significance run: the demo's students for three seeds, 128 held-out prompts × 4, intervals
+    # over prompts and seeds (the demo's students, not the finetune "small" preset's, which cost 5× as much each)
     "small": DemoPreset(
         data_preset="small",
         pretrain={"preset": "small"},
         embedder={"preset": "small", "steps": "2000"},
         scorer={"preset": "small"},
-        gamma_sweep={"cfg-gammas": "1.5,2,3,4", "num-prompts": "32", "generations": "2"},
-        finetune={"preset": "small"},
-        evaluate={"preset": "small", "num-prompts": "128"},
-        beta=5.0, shipped=True),
+        gamma_sweep={"cfg-gammas": "1.5,2,3", "num-prompts": "24", "generations": "2", "max-new-tokens": "256"},
+        finetune={"preset": "demo", "max-steps": "120"},
+        evaluate={"preset": "demo", "num-prompts": "128", "cfg-gammas": "1.5,2,3", "temperatures": "1.2",
+                  "lams": "0,0.25,0.5,0.75,1"},
+        beta=5.0, seeds=(0, 1, 2), shipped=True),
 }
 
 
@@ -132,15 +136,18 @@ def choose_gamma(results_file: Path) -> tuple[float, dict[float, float]]:
     return best, by_gamma
 
 
-def student_dir(root: Path, beta: float, seed: int) -> Path:
-    """A student's folder: ``ft_beta{β}`` for seed 0 (as a single-seed demo writes it), ``ft_beta{β}_s{seed}``."""
-    return root / (f"ft_beta{beta:g}" if seed == 0 else f"ft_beta{beta:g}_s{seed}")
+def student_dir(root: Path, beta: float, seed: int, form: str = "additive") -> Path:
+    """A student's folder: ``ft_beta{β}`` for seed 0 (as a single-seed demo writes it), ``ft_beta{β}_s{seed}``;
+    a multiplicative-reward student is ``ft_beta{β}_mult[_s{seed}]`` (never mistaken for a cached additive one)."""
+    name = f"ft_beta{beta:g}" + ("_mult" if beta > 0 and form == "multiplicative" else "")
+    return root / (name if seed == 0 else f"{name}_s{seed}")
 
 
 def run_demo(preset: str = "demo", root: str | None = None, data_root: str = "data",
-             force: tuple[str, ...] = (), beta: float | None = None, seeds: tuple[int, ...] = (0,),
+             force: tuple[str, ...] = (), beta: float | None = None, seeds: tuple[int, ...] | None = None,
              from_scratch: bool = False) -> Path:
     p = PRESETS[preset]
+    seeds = tuple(seeds) if seeds else p.seeds
     if beta is not None:
         if beta <= 0:
             raise UserError(f"--beta must be > 0 (the diversity student; β=0 is always trained): got {beta:g}")
@@ -148,8 +155,7 @@ def run_demo(preset: str = "demo", root: str | None = None, data_root: str = "da
     root_dir = Path(root or f"runs/{preset}" + ("-scratch" if p.shipped and from_scratch else ""))
     root_dir.mkdir(parents=True, exist_ok=True)
     data_dir = Path(data_root) / p.data_preset
-    ck = {name: root_dir / name for name in ("base", "embedder", "scorer", "gamma_sweep", "ft_beta0",
-                                              f"ft_beta{p.beta:g}", "eval")}
+    ck = {name: root_dir / name for name in ("base", "embedder", "scorer", "gamma_sweep", "eval")}
     record_file = root_dir / "demo.json"
     record = json.loads(record_file.read_text()) if record_file.exists() else {"stages": {}}
     record["preset"] = preset
@@ -181,7 +187,6 @@ def run_demo(preset: str = "demo", root: str | None = None, data_root: str = "da
         write_json_atomic(record_file, record)
         print(f"[{i}/{len(STAGES)}] {name}: done in {time.time() - t0:.0f} s", flush=True)
 
-    beta_name = f"ft_beta{p.beta:g}"
     stage("data", (data_dir / "manifest.json").exists(),
           lambda: ["data", "--preset", p.data_preset, "--data-dir", data_root])
     if shipped:
@@ -217,11 +222,12 @@ def run_demo(preset: str = "demo", root: str | None = None, data_root: str = "da
     students = {"quality": [], "diversity": []}   # one β=0 and one β>0 student per seed
     for seed, (role, name, beta) in ((s, x) for s in seeds for x in (("quality", "finetune_beta0", 0.0),
                                                                       ("diversity", "finetune_beta", p.beta))):
-        out = student_dir(root_dir, beta, seed)
+        out = student_dir(root_dir, beta, seed, p.reward_form)
         students[role].append(str(out))
         stage(name if seed == 0 else f"{name}_s{seed}", _finished(out),
               lambda beta=beta, out=out, seed=seed: ["finetune", *_flags(p.finetune), "--base", str(ck["base"]),
                                                      "--gamma", f"{gamma:g}", "--beta", f"{beta:g}",
+                                                     *(["--reward-form", p.reward_form] if beta > 0 else []),
                                                      "--seed", str(seed), "--embedder", str(ck["embedder"]),
                                                      "--scorer", str(ck["scorer"]), "--data-dir", str(data_dir),
                                                      "--out", str(out), "--resume", *threads], out)
@@ -233,8 +239,8 @@ def run_demo(preset: str = "demo", root: str | None = None, data_root: str = "da
                    "--data-dir", str(data_dir), "--out", str(ck["eval"]), *threads])
     stage("report", False,
           lambda: ["report", str(ck["eval"]),
-                   "--training-log", f"β=0={ck['ft_beta0'] / 'metrics.jsonl'}",
-                   "--training-log", f"β={p.beta:g}={ck[beta_name] / 'metrics.jsonl'}"])
+                   "--training-log", f"β=0={Path(students['quality'][0]) / 'metrics.jsonl'}",
+                   "--training-log", f"β={p.beta:g}={Path(students['diversity'][0]) / 'metrics.jsonl'}"])
     record["total_wall_s"] = round(sum(s["wall_s"] for s in record["stages"].values()), 1)
     record["provenance"] = provenance(0, stage="demo")
     write_json_atomic(record_file, record)
@@ -256,14 +262,15 @@ def add_arguments(parser) -> None:
     parser.add_argument("--from-scratch", action="store_true",
                         help="train the base, E and the scorer instead of installing the shipped checkpoints "
                              "(divcfg/weights; the small preset's commands made them)")
-    parser.add_argument("--seeds", type=seed_list, default=(0,),
+    parser.add_argument("--seeds", type=seed_list, default=None,
                         help="training seeds of the students, e.g. 0,1,2: a β=0 and a β>0 student per seed "
-                             "(ft_beta0, ft_beta0_s1, …); the evaluation aggregates over them")
+                             "(ft_beta0, ft_beta0_s1, …); the evaluation aggregates over them (default: the preset's, "
+                             "0 for demo, 0,1,2 for small)")
     parser.add_argument("--force", action="append", default=[],
                         help="redo a stage even if cached (repeatable): data, pretrain, embedder, scorer, "
                              "gamma, finetune_beta0, finetune_beta, evaluate")
 
 
 def run(args) -> None:
-    run_demo(args.preset, args.root, args.data_root, tuple(args.force), args.beta, tuple(args.seeds),
+    run_demo(args.preset, args.root, args.data_root, tuple(args.force), args.beta, args.seeds,
              args.from_scratch)

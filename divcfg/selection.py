@@ -109,8 +109,11 @@ def run_selection(preset: str, demo_root: str, candidates: list[tuple[str, float
                          "--no-progress"])
         if not (edir / "results.json").exists():
             print(f"evaluating candidate {name} on validation prompts …", flush=True)
-            run_command(["evaluate", *common_eval, "--diversity", str(sdir), "--out", str(edir)])
-        rows[name] = {"form": form, "beta": beta, **_row(edir / "results.json", "diversity")}
+            # the candidate alone, in the base's slot (no CFG, no temperature): the same prompts and
+            # sampling seed as the reference run's base, at half the cost of re-sampling the base
+            run_command(["evaluate", *[a if a != str(ck["base"]) else str(sdir / "checkpoint") for a in common_eval],
+                         "--out", str(edir)])
+        rows[name] = {"form": form, "beta": beta, **_row(edir / "results.json", "base")}
     chosen, why = choose(rows)
     result = {"preset": preset, "gamma_star": gamma, "seed": seed, "split": "val", "num_prompts": num_prompts,
               "generations": generations, "rule": "argmax validation diversity s.t. validation quality ≥ base's",
