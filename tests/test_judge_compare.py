@@ -59,7 +59,7 @@ def test_every_judge_ranks_varied_over_mixed_over_copies(eval_run, tmp_path):
         assert d["varied"]["diversity"] > d["mixed"]["diversity"] > 0.0
         assert d["varied"]["ci_low"] <= d["varied"]["diversity"] <= d["varied"]["ci_high"]
         assert [d[s]["rank"] for s in ("varied", "mixed", "copies")] == [1, 2, 3]
-        assert d["varied"]["minus_ref"] == 0.0 and d["copies"]["minus_ref_ci"][1] < 0     # the first system is the reference
+        assert d["varied"]["minus_ref"] == 0.0 and d["copies"]["minus_ref_ci"][1] < 0   # "varied" is the reference
         # "mixed" is "varied" on the first half of the prompts and 0 on the rest
         pp = res["per_prompt"][j]
         assert np.allclose(pp["mixed"][:K // 2], pp["varied"][:K // 2]) and not any(pp["mixed"][K // 2:])

@@ -127,8 +127,8 @@ class AudioDomain(TextDomain):
         if sr is None and "diversity" in need and not diversity_judge:
             raise UserError("the audio domain needs a generator with a sampling rate (a MusicGen hf:PATH) "
                             "or --diversity-judge module:function")
-        return user_or_default_judges(diversity_judge, quality_judge, lambda: audio_embedder_judge(embedder, sr, device),
-                                      lambda: None, need)
+        return user_or_default_judges(diversity_judge, quality_judge,
+                                      lambda: audio_embedder_judge(embedder, sr, device), lambda: None, need)
 
     def prepare_generator(self, generator) -> None:
         if getattr(generator, "completion_kind", None) != "audio":

@@ -165,8 +165,8 @@ class AudioEmbedder(nn.Module):
         self.encoder = PianoRollViT(cfg.vit_config())
         dim = self.encoder.cfg.dim
         self.head = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, cfg.out_dim))
-        self.register_buffer("mel_fb", mel_filterbank(cfg.n_fft // 2 + 1, cfg.n_mels, cfg.sample_rate, cfg.f_min, cfg.f_max),
-                             persistent=False)
+        fb = mel_filterbank(cfg.n_fft // 2 + 1, cfg.n_mels, cfg.sample_rate, cfg.f_min, cfg.f_max)
+        self.register_buffer("mel_fb", fb, persistent=False)
 
     @property
     def device(self) -> torch.device:
@@ -222,7 +222,8 @@ class AudioEmbedderJudge:
     @torch.no_grad()
     def embed_with_mask(self, completions: Sequence) -> tuple[torch.Tensor, torch.Tensor]:
         valid = [is_valid_clip(c) for c in completions]
-        clips = [resample(to_mono(c), self.source_rate, self.E.cfg.sample_rate) for c, v in zip(completions, valid) if v]
+        clips = [resample(to_mono(c), self.source_rate, self.E.cfg.sample_rate)
+                 for c, v in zip(completions, valid) if v]
         emb = torch.zeros(len(completions), self.E.cfg.out_dim)
         if clips:
             emb[torch.tensor(valid)] = self.E.embed_waveforms(clips)

@@ -229,7 +229,8 @@ def run(args: argparse.Namespace) -> None:
                   "final_loss": float(np.mean(hist["loss"][-20:])), "final_pair_acc": float(np.mean(hist["acc"][-20:]))}
     save_audio_embedder(out, E, training_state=hist["training_state"],
                         extra={"data_dir": str(data_dir), "training": train_info, "eval": res, "finished": True,
-                               "cut_short": hist["cut_short"], "provenance": provenance(args.seed, data_dir=str(data_dir))})
+                               "cut_short": hist["cut_short"],
+                               "provenance": provenance(args.seed, data_dir=str(data_dir))})
     write_jsonl_atomic(out / "metrics.jsonl", _metric_rows(hist))
     write_json_atomic(out / "eval.json", {"training": train_info, **res})
     mark_finished(out, "audio_embedder", hist["steps"], steps, hist["cut_short"], seed=args.seed,

@@ -12,9 +12,9 @@ Per system and prompt: ``d_p = mean over the G(G−1)/2 pairs of 1 − cos(E(y_i
 an empty/undecodable member counts 0, as in ``divcfg evaluate``); per system the mean over prompts
 with a percentile bootstrap interval over prompts (the same resampled prompts for every system and
 judge), and each system's paired difference to the first system (the base) with its interval from
-the same resamples. Each judge ranks the systems by that mean (1 = most diverse); agreement is Kendall's τ_b and
-Spearman's ρ between the judges' system means (scipy), with a bootstrap interval for τ from the
-same resamples, and Spearman's ρ over all (system, prompt) values.
+the same resamples. Each judge ranks the systems by that mean (1 = most diverse); agreement is
+Kendall's τ_b and Spearman's ρ between the judges' system means (scipy), with a bootstrap interval
+for τ from the same resamples, and Spearman's ρ over all (system, prompt) values.
 
 Writes ``compare.json`` and ``compare.md`` into ``--out`` (default ``<run>/judge_compare``) and
 prints the table. ``python -m divcfg.judges.compare RUN --audio-embedder PATH``.
@@ -42,7 +42,8 @@ class RenderedAudioJudge:
     an undecodable or note-less generation is invalid (a zero row)."""
 
     def __init__(self, clip_embed, tokenizer, sample_rate: int, dim: int, name: str):
-        self.clip_embed, self.tokenizer, self.sample_rate, self.dim, self.name = clip_embed, tokenizer, sample_rate, dim, name
+        self.clip_embed, self.tokenizer, self.sample_rate = clip_embed, tokenizer, sample_rate
+        self.dim, self.name = dim, name
         self.cache: dict[tuple, torch.Tensor | None] = {}
 
     def embed_with_mask(self, completions: Sequence) -> tuple[torch.Tensor, torch.Tensor]:
@@ -152,7 +153,8 @@ def markdown(res: dict, labels: dict[str, str]) -> str:
                      f"{res['judges'][j][s]['minus_ref_ci'][1]:+.3f}]" for j in judges]
             lines.append(f"| {labels.get(s, s)} | " + " | ".join(cells) + " |")
     lines.append("")
-    lines.append("| judges | Kendall τ_b (systems) [95% CI] | Spearman ρ (systems) | Spearman ρ (system × prompt) |")
+    lines.append("| judges | Kendall τ_b (systems) [95% CI] | Spearman ρ (systems) | "
+                 "Spearman ρ (system × prompt) |")
     lines.append("|---|---|---|---|")
     for k, a in res["agreement"].items():
         ja, jb = k.split("~")
@@ -200,7 +202,8 @@ def run_compare(run_dir, audio_embedder: str, embedder: str = "", out: str = "",
             per_prompt[j][name] = group_mean_diversity(judge, gens[name], G).numpy().astype(float)
     res = compare(per_prompt, n_boot, seed)
     by_name = {s["name"]: s for s in results["systems"]}
-    stored = [abs(float(np.mean(by_name[s]["per_prompt"]["diversity"][:len(prompts)])) - res["judges"]["symbolic"][s]["diversity"])
+    stored = [abs(float(np.mean(by_name[s]["per_prompt"]["diversity"][:len(prompts)]))
+                  - res["judges"]["symbolic"][s]["diversity"])
               for s in systems if "diversity" in by_name[s].get("per_prompt", {})]
     labels = {s: by_name[s].get("label", s) for s in systems}
     res.update(run=str(run_dir), symbolic_embedder=str(embedder), audio_embedder=str(audio_embedder),
@@ -220,7 +223,8 @@ def run_compare(run_dir, audio_embedder: str, embedder: str = "", out: str = "",
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from divcfg.config import arg_type
     p.add_argument("run_dir", help="an evaluation folder (results.json + samples.jsonl of a music run)")
-    p.add_argument("--audio-embedder", required=True, help="audio E checkpoint (`divcfg embedder train --modality audio`)")
+    p.add_argument("--audio-embedder", required=True,
+                   help="audio E checkpoint (`divcfg embedder train --modality audio`)")
     p.add_argument("--embedder", default="", help="symbolic E checkpoint (default: the one the run used)")
     p.add_argument("--out", default="", help="output folder (default: RUN/judge_compare)")
     p.add_argument("--systems", default="", help="comma-separated systems (default: all)")
