@@ -33,7 +33,8 @@ def answer_all(client, study: dict, rater: str, quality_of: dict, prefer: str | 
 def test_analysis_export_and_report_section(tiny_data_dir, tmp_path, capsys):
     run, study_dir = new_study(tiny_data_dir, tmp_path)
     assert cli_main(["listen", str(run), "--analyse"]) == 0  # no answers yet: says so
-    assert json.loads((study_dir / "analysis.json").read_text())["merge_vs_cfg"]["verdict"] == "not tested"
+    empty = json.loads((study_dir / "analysis.json").read_text())["merge_vs_cfg"]
+    assert empty["verdict"] == "not tested" and "no answers yet" in empty["sentence"]
     app = create_app(study_dir)
     study = app.state.study
     with BackgroundServer(app) as server, httpx.Client(base_url=server.url) as client:
@@ -108,3 +109,11 @@ def test_report_shows_the_human_evaluation_section(tiny_data_dir, tmp_path_facto
     assert page.count('<h2 id="human">Human evaluation</h2>') == 1
     assert page.index('id="human-verdict"') < page.index('id="provenance"')
     assert "12 answers from 2 raters" in page
+
+
+def test_export_defuses_spreadsheet_formulas():
+    from divcfg.listening.analysis import spreadsheet_safe
+    for cell in ("=HYPERLINK(\"http://x\")", "+1+1", "-2+3", "@SUM(A1)", "\t=1", "\r=1"):
+        assert spreadsheet_safe(cell) == "'" + cell
+    for cell in ("a minor waltz", "", 3, -2.5, None):
+        assert spreadsheet_safe(cell) == cell

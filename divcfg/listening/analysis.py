@@ -59,6 +59,15 @@ def unblinded_rows(study: dict, answers: list[dict]) -> list[dict]:
     return rows
 
 
+def spreadsheet_safe(value):
+    """A text cell that a spreadsheet would run as a formula (it starts with =, +, -, @, tab or CR:
+    OWASP's CSV injection list) gets a leading apostrophe; numbers and other text pass unchanged.
+    Rater ids and prompts come from outside, so the export defuses them."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
+
+
 def export_csv(study_dir: Path, out: Path) -> int:
     study, _, answers = load(study_dir)
     rows = unblinded_rows(study, answers)
@@ -68,7 +77,7 @@ def export_csv(study_dir: Path, out: Path) -> int:
     with open(tmp, "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
         w.writeheader()
-        w.writerows(rows)
+        w.writerows([{k: spreadsheet_safe(v) for k, v in r.items()} for r in rows])
     os.replace(tmp, out)
     return len(rows)
 
@@ -156,6 +165,10 @@ def merge_vs_cfg(rows: list[dict], info: dict, boot: _Bootstrap, confidence: flo
          for g, members in (("merge", merge), ("cfg", cfg))}
     d = [(r["rater_id"], float(fam[r["chosen_system"]] == "merge")) for r in rows if r["kind"] == "diversity"
          and {fam[r["system_A"]], fam[r["system_B"]]} == {"merge", "cfg"}]
+    if not rows:
+        out.update(verdict="not tested", sentence="The listening study has no answers yet, so it neither confirms "
+                   "nor refutes the merge-vs-CFG claim.")
+        return out
     if not merge or not cfg or (not (q["merge"] and q["cfg"]) and not d):
         out.update(verdict="not tested", sentence="The listening study did not compare a merge with a CFG system, "
                    "so it neither confirms nor refutes the merge-vs-CFG claim.")
