@@ -26,3 +26,14 @@ def pytest_terminal_summary(terminalreporter):
     one_line = sum(1 for _, code, line in runs if code == 2 and line)
     terminalreporter.write_line(f"fuzzed CLI invocations: {len(runs)} (exit 0: {ok}, exit 2 with one error line: "
                                 f"{one_line}, other: {len(runs) - ok - one_line})")
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One torch thread for the test (the machine is shared), restored afterwards.
+    Use with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -32,12 +32,7 @@ def tiny_gpt2(seed: int = 0, vocab: int = V) -> GPT2LMHeadModel:
     return GPT2LMHeadModel(conf).eval()
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -29,12 +29,7 @@ WORDS = ["a", "song", "about", "the", "and", "is", "very", "of", "in", "was", "n
          "rain", "sun", "wind", "blue", "green", "red", "old", "new", "we", "they", "sing", "walk", "."]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_tiny_lm(folder: Path, seed: int = 0) -> Path:

@@ -22,12 +22,7 @@ from divcfg.cli import main as cli  # noqa: E402
 from test_musicgen import WORDS, save_tiny_checkpoint  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -31,12 +31,7 @@ MARKUP_WORDS = ["<script>", "</script>", "&"]   # what a page must never pass th
 MUSIC_MODULES = ("divcfg.music", "divcfg.domains.music", "music21", "miditok", "symusic")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_markup_lm(folder: Path) -> Path:
