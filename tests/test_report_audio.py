@@ -14,12 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-pytest.importorskip("transformers")
-from divcfg.cli import main as cli  # noqa: E402
+from divcfg.cli import main as cli
 
-from test_musicgen import WORDS, save_tiny_checkpoint  # noqa: E402
+from test_musicgen import WORDS, save_tiny_checkpoint
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
