@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-transformers = pytest.importorskip("transformers")
+import transformers  # installed by the set-up: its absence fails, not skips
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 from divcfg.cli import main as cli  # noqa: E402

@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 import torch
 
-pytest.importorskip("transformers")
 from markupsafe import escape  # noqa: E402
 
 from divcfg.cli import main as cli  # noqa: E402
