@@ -238,6 +238,17 @@ def test_cli_trains_resumes_and_evaluates(tiny_data_dir, tmp_path, capsys):
     assert "resuming from step 6" in capsys.readouterr().out and (out / "DONE.json").exists()
 
 
+def test_cli_seeds_train_one_audio_E_per_seed(tiny_data_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)                                       # the default --out is relative
+    argv = ["embedder", "train", "--modality", "audio", "--preset", "tiny", "--data-dir", str(tiny_data_dir),
+            "--steps", "2", "--threads", "1", "--eval-pieces", "4", "--max-seconds", "20", "--seeds", "0,1"]
+    assert main(argv) == 0
+    for folder, seed in (("embedder", 0), ("embedder_s1", 1)):
+        cfg = json.loads((tmp_path / "runs" / "audio" / folder / "config.json").read_text())
+        assert cfg["kind"] == "audio_diversity_embedder" and cfg["provenance"]["seed"] == seed
+    assert not (tmp_path / "runs" / "small").exists()
+
+
 @pytest.mark.parametrize("argv, words", [
     (["embedder", "train", "--modality", "audio", "--data-dir", "/nonexistent/data", "--out", "{tmp}/x"],
      "no data cache"),

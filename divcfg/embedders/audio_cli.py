@@ -182,7 +182,12 @@ def _metric_rows(hist: dict) -> list[dict]:
 
 def run(args: argparse.Namespace) -> None:
     from divcfg.provenance import provenance, seed_everything, write_json_atomic
-    from divcfg.stages import clear_finished, judge_resume_state, mark_finished, write_jsonl_atomic
+    from divcfg.stages import clear_finished, judge_resume_state, mark_finished, run_per_seed, write_jsonl_atomic
+    if args.action == "train":
+        if isinstance(args.out, DefaultOut) or not args.out:
+            args.out = DEFAULT_OUT
+        if run_per_seed(args, run):   # --seeds a,b,c: seed 0 in --out, seed s in <out>_s<s>
+            return
     torch.set_num_threads(args.threads)
     seed_everything(args.seed)
     data_dir = Path(args.data_dir)
@@ -196,7 +201,7 @@ def run(args: argparse.Namespace) -> None:
     cfg = preset_config(args.preset, args.sample_rate)
     augment = None if args.no_augment else AudioAugment(args.max_tempo, args.max_semitones,
                                                         (args.snr_db, args.snr_db + 30.0), args.p_noise)
-    out = Path(DEFAULT_OUT if isinstance(args.out, DefaultOut) or not args.out else args.out)
+    out = Path(args.out)
     steps = args.steps or preset["steps"]
     resume_from = judge_resume_state(out, args.resume, KIND, "embedder", asdict(cfg),
                                      "--preset and --sample-rate")

@@ -378,14 +378,14 @@ def _metric_rows(hist: dict) -> list[dict]:
 
 
 def run(args: argparse.Namespace) -> None:
+    from divcfg.embedders import audio_cli
+    if audio_cli.wants_audio(args):   # (it runs --seeds itself, after choosing its own --out default)
+        return audio_cli.run(args)
     from divcfg.stages import run_per_seed
     if getattr(args, "action", None) == "train" and run_per_seed(args, run):
         return
     from divcfg.provenance import provenance, seed_everything, write_json_atomic
     from divcfg.stages import clear_finished, mark_finished, write_jsonl_atomic
-    from divcfg.embedders import audio_cli
-    if audio_cli.wants_audio(args):
-        return audio_cli.run(args)
     torch.set_num_threads(args.threads)
     seed_everything(args.seed)
     data_dir = Path(args.data_dir)
