@@ -48,6 +48,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("divcfg.report", "render the HTML report of an evaluation run"),
     "demo": ("divcfg.demo", "the whole pipeline on the embedded music21 testbed"),
     "listen": ("divcfg.listening.cli", "blinded listening study (web app) over an evaluation run; --analyse"),
+    "compare-judges": ("divcfg.judges.compare", "symbolic vs audio diversity embedder on one evaluation's generations"),
     "select": ("divcfg.selection", "choose the diversity student's reward form and β on validation prompts"),
     "reproduce": ("divcfg.reproduce", "regenerate a published table and figure from nothing, and diff them"),
 }

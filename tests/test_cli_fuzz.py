@@ -153,6 +153,8 @@ def base_argv(command: tuple[str, ...], w: dict) -> list[str]:
         ("report",): ["report", m],
         ("demo",): ["demo", "--preset", "tiny", "--root", str(s / "demo"), "--data-root", str(w["fake_data"])],
         ("listen",): ["listen", m],
+        ("select",): ["select", "--demo-root", m, "--out", str(s / "select")],
+        ("compare-judges",): ["compare-judges", m, "--audio-embedder", m, "--out", str(s / "compare")],
         ("reproduce",): ["reproduce", "tiny", "--root", str(s / "repro"), "--data-root", str(w["fake_data"]),
                          "--out-dir", str(s / "repro_out")],
     }[command]

@@ -107,7 +107,10 @@ def audio_embedder_judge(path: str, sampling_rate: int, device: str = "cpu"):
     if kind == KIND:
         return AudioEmbedderJudge(load_audio_embedder(path, device=device or "cpu"), sampling_rate,
                                   name=f"audio-E:{path}")
-    if kind is not None:
+    if kind is None and path:
+        print(f"note: no checkpoint at --embedder '{path}': the audio domain judges diversity with the log-mel "
+              f"stand-in (pass an audio E from `divcfg embedder train --modality audio`)", file=sys.stderr)
+    elif kind is not None:
         print(f"note: --embedder '{path}' holds a {kind!r}, not an audio E: the audio domain judges diversity with "
               f"the log-mel stand-in (train an audio E with `divcfg embedder train --modality audio`)", file=sys.stderr)
     return LogMelStatsDiversity(sampling_rate)

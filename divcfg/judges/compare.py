@@ -17,7 +17,7 @@ Kendall's τ_b and Spearman's ρ between the judges' system means (scipy), with 
 for τ from the same resamples, and Spearman's ρ over all (system, prompt) values.
 
 Writes ``compare.json`` and ``compare.md`` into ``--out`` (default ``<run>/judge_compare``) and
-prints the table. ``python -m divcfg.judges.compare RUN --audio-embedder PATH``.
+prints the table. ``divcfg compare-judges RUN --audio-embedder PATH``.
 """
 
 from __future__ import annotations
@@ -249,7 +249,7 @@ def run(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     from divcfg.cli import OneLineParser, one_line
-    p = OneLineParser(prog="python -m divcfg.judges.compare", description=__doc__.splitlines()[0])
+    p = OneLineParser(prog="divcfg compare-judges", description=__doc__.splitlines()[0])
     add_arguments(p)
     try:
         run(p.parse_args(argv))
