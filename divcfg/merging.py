@@ -270,15 +270,16 @@ def merge_any(spec_a: str, spec_b: str, lam: float, out: str | os.PathLike) -> P
 
 
 def iter_merged_generators(spec_a: str, spec_b: str, lams: Sequence[float], device: str = "cpu",
-                           null_prompt: str | None = None) -> Iterator[tuple[float, object]]:
-    """``(λ, generator plug-in)`` per λ, in memory (one module reused: use it before advancing)."""
+                           null_prompt: str | None = None, max_len: int | None = None) -> Iterator[tuple[float, object]]:
+    """``(λ, generator plug-in)`` per λ, in memory (one module reused: use it before advancing);
+    ``max_len`` (BOS + tokens + EOS) for Hugging Face endpoints, as ``load_generator_any``."""
     if _plain_builtin(spec_a, spec_b):
         from divcfg.models.builtin import BuiltinGenerator
         for lam, model, config in iter_merges(spec_a, spec_b, lams):
             yield lam, BuiltinGenerator(model.to(device), Path(config["_dir"]), config)
         return
     lams = [_check_lam(x) for x in lams]
-    kw = {"null_prompt": null_prompt}
+    kw = {"null_prompt": null_prompt, "max_len": max_len}
     A = _load_plugin(spec_a, device, **(kw if _is_hf(spec_a) else {}))
     B = _load_plugin(spec_b, "cpu", **(kw if _is_hf(spec_b) else {}))
     _check_plugins(A, B)

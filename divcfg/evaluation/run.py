@@ -38,19 +38,24 @@ def _models(systems: list[System], cfg: EvalConfig) -> Iterator[tuple[System, ob
     from divcfg.models.base import load_generator_any
 
     null = cfg.null_prompt or None
+    # --max-new-tokens N: Hugging Face systems are loaded for BOS + N + EOS, as fine-tuning does, so a
+    # MusicGen system ends with its own end pattern at equal length instead of being truncated
+    max_len = cfg.max_new_tokens + 1 if cfg.max_new_tokens else None
     loaded: dict[str, object] = {}
     merges = [s for s in systems if s.lam is not None]
     for s in systems:
         if s.lam is None:
             if s.checkpoint not in loaded:
-                loaded = {s.checkpoint: load_generator_any(s.checkpoint, cfg.device, null_prompt=null)}
+                loaded = {s.checkpoint: load_generator_any(s.checkpoint, cfg.device, null_prompt=null,
+                                                                 max_len=max_len)}
             yield s, loaded[s.checkpoint]
     loaded.clear()
     by_pair: dict[tuple, list[System]] = {}
     for s in merges:
         by_pair.setdefault((s.checkpoint, s.checkpoint_b), []).append(s)
     for (a, b), group in by_pair.items():
-        for s, (_, gen) in zip(group, iter_merged_generators(a, b, [s.lam for s in group], cfg.device, null)):
+        for s, (_, gen) in zip(group, iter_merged_generators(a, b, [s.lam for s in group], cfg.device, null,
+                                                                          max_len)):
             yield s, gen
 
 
