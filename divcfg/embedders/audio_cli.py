@@ -1,7 +1,7 @@
 """``divcfg embedder train|eval --modality audio``: train the audio diversity embedder ``E`` on the
 testbed's corpus rendered by the synthesiser, and measure it on the held-out split.
 
-Objective: the symbolic E's NT-Xent (``diversity_cli.info_nce``, in-batch negatives, temperature
+Objective: the symbolic E's NT-Xent (``contrastive.info_nce``, in-batch negatives, temperature
 τ): a batch holds B clips, each gives two non-overlapping, independently augmented chunks
 (``audio_data.AudioPairSampler``), and each view must pick its partner out of the 2B−1 others.
 Training is bounded by steps (warm-up then cosine, a function of the step only); ``--minutes`` is a
@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from divcfg.embedders.audio import (KIND, AudioAugment, AudioEmbedder, AudioEmbedderConfig, load_audio_embedder,
                                     save_audio_embedder)
@@ -59,68 +58,30 @@ def train_audio_embedder(clips, cfg: AudioEmbedderConfig, *, augment: AudioAugme
                          progress: bool = True, device: str = "cpu", resume_from: tuple[dict, dict] | None = None,
                          ckpt_every: int = 0, on_checkpoint=None, out: str = "the output folder"
                          ) -> tuple[AudioEmbedder, dict]:
-    """Train the audio ``E`` for ``steps`` steps on ``clips`` (mono arrays at ``cfg.sample_rate``);
-    as ``diversity_cli.train_embedder`` (checkpoint callback, exact resume, NaN guard, time cap).
-    Returns (E in eval mode, history with the final ``training_state``)."""
-    from divcfg.embedders.diversity_cli import info_nce
-    from divcfg.models.base import check_device
-    from divcfg.stages import TimeCap, cosine_lr, non_finite_error
-    dev = check_device(device)
+    """Train the audio ``E`` for ``steps`` steps on ``clips`` (mono arrays at ``cfg.sample_rate``) with
+    the shared contrastive loop (``divcfg.embedders.contrastive.fit_contrastive``); the sampler's
+    torch generator (augmentations) and numpy generator (chunk choice) are both in the training
+    state. Returns (E in eval mode, history with the final ``training_state``)."""
+    from divcfg.embedders.contrastive import fit_contrastive
     torch.manual_seed(seed)
     E = AudioEmbedder(cfg)
     sampler = AudioPairSampler(E, clips, augment, seed=seed)
-    opt = torch.optim.AdamW(E.parameters(), lr=lr, weight_decay=0.05)
-    hist: dict = {"loss": [], "acc": []}
-    step, elapsed, saved_step = 0, 0.0, None
-    if resume_from is not None:
-        weights, state = resume_from
-        E.load_state_dict(weights)
-        step, elapsed, saved_step = int(state["step"]), float(state["elapsed"]), int(state["step"])
-        print(f"resuming from step {step} ({elapsed / 60:.1f} min done)")
-        torch.set_rng_state(state["torch_rng"])
+
+    def sampler_state() -> dict:
+        return {"sampler_rng": json.dumps(sampler.rng.bit_generator.state), "sampler_gen": sampler.gen.get_state()}
+
+    def load_sampler_state(state: dict) -> None:
         sampler.gen.set_state(state["sampler_gen"])
         sampler.rng.bit_generator.state = json.loads(state["sampler_rng"])
-        hist = {"loss": list(state["loss"]), "acc": list(state["acc"])}
-    E.to(dev)
-    if resume_from is not None:
-        opt.load_state_dict(resume_from[1]["optimizer"])
-    cap = TimeCap(minutes)
-    cpu0 = time.process_time()
 
-    def training_state() -> dict:
-        return {"optimizer": opt.state_dict(), "step": step, "elapsed": elapsed, "torch_rng": torch.get_rng_state(),
-                "sampler_rng": json.dumps(sampler.rng.bit_generator.state), "sampler_gen": sampler.gen.get_state(),
-                "loss": hist["loss"], "acc": hist["acc"], "steps_planned": steps}
-
-    bar = tqdm(total=steps, initial=step, desc="audio embedder", disable=not progress, mininterval=2.0)
-    E.train()
-    while step < steps and not cap.reached(elapsed):
-        t0 = time.time()
-        for g in opt.param_groups:
-            g["lr"] = cosine_lr(lr, step, steps, warmup=min(50, max(1, steps // 10)))
-        x = E.features(sampler.batch(batch_size).to(dev))
-        loss, acc = info_nce(E(x), tau)
-        if not torch.isfinite(loss):
-            raise non_finite_error("audio embedder", loss.item(), step, out, saved_step)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(E.parameters(), 1.0)
-        opt.step()
-        step += 1
-        elapsed += time.time() - t0
-        hist["loss"].append(loss.item())
-        hist["acc"].append(acc.item())
-        bar.update(1)
-        if step % 10 == 0:
-            bar.set_postfix(loss=f"{np.mean(hist['loss'][-10:]):.3f}", acc=f"{np.mean(hist['acc'][-10:]):.2f}")
-        if on_checkpoint is not None and ckpt_every and step % ckpt_every == 0 and step < steps:
-            on_checkpoint(E, training_state())
-            saved_step = step
-    bar.close()
-    hist.update(steps=step, seconds=elapsed, cpu_seconds=time.process_time() - cpu0,
-                n_train_clips=len(sampler.index), cut_short=cap.cut_short("audio embedder", step, steps),
-                training_state=training_state())
-    return E.eval(), hist
+    E, hist = fit_contrastive(E, sampler, name="audio embedder", steps=steps, minutes=minutes,
+                              batch_size=batch_size, lr=lr, tau=tau, device=device,
+                              warmup=min(50, max(1, steps // 10)), features=lambda x: E.features(x),
+                              sampler_state=sampler_state, load_sampler_state=load_sampler_state,
+                              progress=progress, resume_from=resume_from, ckpt_every=ckpt_every,
+                              on_checkpoint=on_checkpoint, out=out)
+    hist["n_train_clips"] = len(sampler.index)
+    return E, hist
 
 
 def evaluate_audio(E: AudioEmbedder, clips, n_pieces: int, seed: int = 0) -> dict:

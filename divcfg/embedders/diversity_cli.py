@@ -31,12 +31,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from divcfg.embedders.diversity import (DiversityEmbedder, EmbedderConfig, load_diversity_embedder,
                                         pair_diversity, save_diversity_embedder)
 from divcfg.errors import UserError
+from divcfg.embedders.contrastive import info_nce  # noqa: F401  (re-exported for the tests)
 from divcfg.stages import judge_resume_state
 from divcfg.music import pianoroll as pr
 
@@ -134,15 +134,6 @@ class PairSampler:
         return torch.from_numpy(np.stack(rolls))
 
 
-def info_nce(z: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """NT-Xent over ``z[2B, D]`` (unit rows, partners 2b/2b+1). Returns (loss, pair accuracy)."""
-    n = z.shape[0]
-    sim = z @ z.T / tau
-    sim = sim.masked_fill(torch.eye(n, dtype=torch.bool, device=z.device), float("-inf"))
-    target = torch.arange(n, device=z.device) ^ 1
-    return F.cross_entropy(sim, target), (sim.argmax(1) == target).float().mean()
-
-
 # ---------------------------------------------------------------------------------------------
 # evaluation
 
@@ -227,73 +218,24 @@ def train_embedder(train_pieces: list[np.ndarray], cfg: EmbedderConfig, *, augme
                    seed: int = 0, progress: bool = True, bar_beats: list[float] | None = None,
                    device: str = "cpu", resume_from: tuple[dict, dict] | None = None, ckpt_every: int = 0,
                    on_checkpoint=None, out: str = "the output folder") -> tuple[DiversityEmbedder, dict]:
-    """Train ``E`` for ``steps`` steps (warm-up, then cosine over ``step / steps``: the schedule is
-    a function of the step only); ``minutes`` is a safety cap on the training time, summed over
-    resumes (0 = none). Chunks start on bar lines when ``bar_beats`` (per piece) is given, else on
-    beats. Every ``ckpt_every`` steps ``on_checkpoint(E, training_state)`` is called;
-    ``resume_from = (weights, training_state)`` continues such a checkpoint exactly. A non-finite
-    loss stops with a one-line error (the last checkpoint is kept). Returns (E in eval mode,
-    history with the final ``training_state``)."""
+    """Train ``E`` for ``steps`` steps with the shared contrastive loop
+    (``divcfg.embedders.contrastive.fit_contrastive``: NT-Xent, step-only schedule, time cap,
+    checkpoint callback, exact resume, NaN guard). Chunks start on bar lines when ``bar_beats`` (per
+    piece) is given, else on beats. bf16 autocast on CUDA only (CPU: float32). Returns (E in eval
+    mode, history with the final ``training_state``)."""
+    from divcfg.embedders.contrastive import fit_contrastive
     from divcfg.models.base import check_device
     from divcfg.pretrain import autocast_bf16
-    from divcfg.stages import TimeCap, cosine_lr, non_finite_error
     dev = check_device(device)
     torch.manual_seed(seed)
     E = DiversityEmbedder(cfg)
     sampler = PairSampler(train_pieces, cfg, augment, seed=seed, bar_beats=bar_beats)
-    opt = torch.optim.AdamW(E.parameters(), lr=lr, weight_decay=0.05)
-    hist: dict = {"loss": [], "acc": []}
-    step, elapsed, saved_step = 0, 0.0, None
-    if resume_from is not None:
-        weights, state = resume_from
-        E.load_state_dict(weights)
-        step, elapsed, saved_step = int(state["step"]), float(state["elapsed"]), int(state["step"])
-        print(f"resuming from step {step} ({elapsed / 60:.1f} min done)")
-        torch.set_rng_state(state["torch_rng"])
-        sampler.rng.bit_generator.state = json.loads(state["sampler_rng"])
-        hist = {"loss": list(state["loss"]), "acc": list(state["acc"])}
-    E.to(dev)
-    if resume_from is not None:
-        opt.load_state_dict(resume_from[1]["optimizer"])
-    autocast = dev.type == "cuda" and autocast_bf16(True, dev)   # CPU: float32, as before
-    cap = TimeCap(minutes)
-    cpu0 = time.process_time()
-
-    def training_state() -> dict:
-        return {"optimizer": opt.state_dict(), "step": step, "elapsed": elapsed, "torch_rng": torch.get_rng_state(),
-                "sampler_rng": json.dumps(sampler.rng.bit_generator.state), "loss": hist["loss"], "acc": hist["acc"],
-                "steps_planned": steps}
-
-    bar = tqdm(total=steps, initial=step, desc="embedder", disable=not progress, mininterval=2.0)
-    E.train()
-    while step < steps and not cap.reached(elapsed):
-        t0 = time.time()
-        for g in opt.param_groups:
-            g["lr"] = cosine_lr(lr, step, steps)
-        x = sampler.batch(batch_size).to(dev)
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=autocast):
-            loss, acc = info_nce(E(x), tau)
-        if not torch.isfinite(loss):
-            raise non_finite_error("embedder", loss.item(), step, out, saved_step)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(E.parameters(), 1.0)
-        opt.step()
-        step += 1
-        elapsed += time.time() - t0
-        hist["loss"].append(loss.item())
-        hist["acc"].append(acc.item())
-        bar.update(1)
-        if step % 10 == 0:
-            bar.set_postfix(loss=f"{np.mean(hist['loss'][-10:]):.3f}", acc=f"{np.mean(hist['acc'][-10:]):.2f}")
-        if on_checkpoint is not None and ckpt_every and step % ckpt_every == 0 and step < steps:
-            on_checkpoint(E, training_state())
-            saved_step = step
-    bar.close()
-    hist.update(steps=step, seconds=elapsed, cpu_seconds=time.process_time() - cpu0,
-                n_train_pieces=len(sampler.pieces), cut_short=cap.cut_short("embedder", step, steps),
-                training_state=training_state())
-    return E.eval(), hist
+    E, hist = fit_contrastive(E, sampler, name="embedder", steps=steps, minutes=minutes, batch_size=batch_size,
+                              lr=lr, tau=tau, device=device, autocast=dev.type == "cuda" and autocast_bf16(True, dev),
+                              progress=progress, resume_from=resume_from, ckpt_every=ckpt_every,
+                              on_checkpoint=on_checkpoint, out=out)
+    hist["n_train_pieces"] = len(sampler.pieces)
+    return E, hist
 
 
 # ---------------------------------------------------------------------------------------------
