@@ -111,6 +111,17 @@ def load_checkpoint(path: str | os.PathLike, kind: str | None = None
     return state, config
 
 
+def load_into(module: torch.nn.Module, state: dict[str, torch.Tensor], path, device: str = "cpu") -> torch.nn.Module:
+    """``module`` with the checkpoint's weights ``state`` loaded strictly, moved to ``device``, in eval
+    mode; a mismatch (the folder's weights do not fit its own config) is a one-line error."""
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as e:
+        raise UserError(f"checkpoint '{path}' does not match its config ({str(e).splitlines()[0][:80]}): "
+                        f"retrain it") from None
+    return module.to(device).eval()
+
+
 def resolve_checkpoint_dir(path: str | os.PathLike) -> Path:
     """The folder that actually holds the checkpoint files (one-line error if none)."""
     return _resolve(Path(path))

@@ -199,13 +199,8 @@ def save_alignment_scorer(path, scorer: AlignmentScorer, *, tokenizer_path=None,
 
 def load_alignment_scorer(path: str | os.PathLike, device: str = "cpu") -> AlignmentScorer:
     """Load the scorer from a checkpoint folder, in eval mode, with its tokenizer."""
-    from divcfg.checkpoint import load_checkpoint
+    from divcfg.checkpoint import load_checkpoint, load_into
     from divcfg.embedders.diversity import tokenizer_from_checkpoint
     state, config = load_checkpoint(path, kind=KIND)
     scorer = AlignmentScorer(ScorerConfig(**config["scorer"]), tokenizer_from_checkpoint(Path(path), config))
-    try:
-        scorer.load_state_dict(state)
-    except RuntimeError as e:
-        raise UserError(f"checkpoint '{path}' does not match its config ({str(e).splitlines()[0][:80]}): "
-                        f"retrain it") from None
-    return scorer.to(device).eval()
+    return load_into(scorer, state, path, device)

@@ -244,15 +244,9 @@ def save_audio_embedder(path, E: AudioEmbedder, *, extra: dict | None = None,
 
 def load_audio_embedder(path, device: str = "cpu") -> AudioEmbedder:
     """Load the audio ``E`` from a checkpoint folder, in eval mode (one-line errors)."""
-    from divcfg.checkpoint import load_checkpoint
+    from divcfg.checkpoint import load_checkpoint, load_into
     state, config = load_checkpoint(path, kind=KIND)
-    E = AudioEmbedder(AudioEmbedderConfig(**config["embedder"]))
-    try:
-        E.load_state_dict(state)
-    except RuntimeError as e:
-        raise UserError(f"checkpoint '{path}' does not match its config ({str(e).splitlines()[0][:80]}): "
-                        f"retrain it") from None
-    return E.to(device).eval()
+    return load_into(AudioEmbedder(AudioEmbedderConfig(**config["embedder"])), state, path, device)
 
 
 def checkpoint_kind(path) -> str | None:

@@ -236,13 +236,7 @@ def tokenizer_from_checkpoint(path: Path, config: dict):
 
 def load_diversity_embedder(path: str | os.PathLike, device: str = "cpu") -> DiversityEmbedder:
     """Load ``E`` from a checkpoint folder, in eval mode, with its tokenizer."""
-    from divcfg.checkpoint import load_checkpoint
+    from divcfg.checkpoint import load_checkpoint, load_into
     state, config = load_checkpoint(path, kind=KIND)
     cfg = EmbedderConfig(**config["embedder"])
-    E = DiversityEmbedder(cfg, tokenizer_from_checkpoint(Path(path), config))
-    try:
-        E.load_state_dict(state)
-    except RuntimeError as e:
-        raise UserError(f"checkpoint '{path}' does not match its config ({str(e).splitlines()[0][:80]}): "
-                        f"retrain it") from None
-    return E.to(device).eval()
+    return load_into(DiversityEmbedder(cfg, tokenizer_from_checkpoint(Path(path), config)), state, path, device)
