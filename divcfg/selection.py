@@ -86,15 +86,17 @@ def run_selection(preset: str, demo_root: str, candidates: list[tuple[str, float
         {k: root / k for k in ("base", "embedder", "scorer")}
     data_dir = Path("data") / p.data_preset
     out_dir.mkdir(parents=True, exist_ok=True)
-    common_eval = ["--preset", p.evaluate.get("preset", preset), "--split", "val", "--num-prompts", str(num_prompts), "--generations", str(generations),
-                   "--cfg-gammas", "", "--temperatures", "", "--lams", "", "--base", str(ck["base"]),
+    # every evaluation: the same validation prompts, sampling seed and judges; no CFG, τ or merges
+    common_eval = ["--preset", p.evaluate.get("preset", preset), "--split", "val", "--num-prompts", str(num_prompts),
+                   "--generations", str(generations), "--cfg-gammas", "", "--temperatures", "", "--lams", "",
                    "--embedder", str(ck["embedder"]), "--scorer", str(ck["scorer"]), "--data-dir", str(data_dir),
                    "--seed", "0", "--threads", str(threads)]
     rows: dict[str, dict] = {}
     ref = out_dir / "eval_reference"
     if not (ref / "results.json").exists():
         print(f"evaluating the base and the β=0 student on {num_prompts} validation prompts …", flush=True)
-        run_command(["evaluate", *common_eval, "--quality", str(root / "ft_beta0"), "--out", str(ref)])
+        run_command(["evaluate", *common_eval, "--base", str(ck["base"]), "--quality", str(root / "ft_beta0"),
+                     "--out", str(ref)])
     rows["base"] = _row(ref / "results.json", "base")
     rows["beta0"] = _row(ref / "results.json", "distilled")
     for form, beta in candidates:
@@ -109,10 +111,9 @@ def run_selection(preset: str, demo_root: str, candidates: list[tuple[str, float
                          "--no-progress"])
         if not (edir / "results.json").exists():
             print(f"evaluating candidate {name} on validation prompts …", flush=True)
-            # the candidate alone, in the base's slot (no CFG, no temperature): the same prompts and
-            # sampling seed as the reference run's base, at half the cost of re-sampling the base
-            run_command(["evaluate", *[a if a != str(ck["base"]) else str(sdir / "checkpoint") for a in common_eval],
-                         "--out", str(edir)])
+            # the candidate alone, in the base's slot: the same prompts and sampling seed as the
+            # reference run's base, at half the cost of re-sampling the base
+            run_command(["evaluate", *common_eval, "--base", str(sdir / "checkpoint"), "--out", str(edir)])
         rows[name] = {"form": form, "beta": beta, **_row(edir / "results.json", "base")}
     chosen, why = choose(rows)
     result = {"preset": preset, "gamma_star": gamma, "seed": seed, "split": "val", "num_prompts": num_prompts,
