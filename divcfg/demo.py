@@ -32,6 +32,7 @@ from pathlib import Path
 from divcfg.cli import run_command
 from divcfg.errors import UserError
 from divcfg.provenance import provenance, write_json_atomic
+from divcfg.selection import group_flags
 from divcfg.stages import is_finished, read_marker
 
 
@@ -46,6 +47,8 @@ class DemoPreset:
     evaluate: dict
     beta: float
     reward_form: str = "additive"   # the diversity student's (divcfg.rewards); β=0 trains without a reward
+    group_size: int = 2             # the diversity student's generations per prompt (≥3: leave-one-out baseline,
+                                    # 16/G prompts per step: divcfg.selection.group_flags)
     seeds: tuple[int, ...] = (0,)   # the students' training seeds (--seeds overrides)
     threads: int = 2
     shipped: bool = False   # base, E and scorer from divcfg.pretrained (the three stages above: --from-scratch)
@@ -112,10 +115,11 @@ def _finished(path: Path) -> bool:
     return is_finished(path)
 
 
-def _evaluated(eval_dir: Path, quality: list[str]) -> bool:
-    """The evaluation is cached when it exists for the same students (seeds)."""
+def _evaluated(eval_dir: Path, students: dict[str, list[str]]) -> bool:
+    """The evaluation is cached when it exists for the same students (seeds and recipes)."""
     try:
-        return json.loads((eval_dir / "results.json").read_text())["config"]["quality"] == ",".join(quality)
+        config = json.loads((eval_dir / "results.json").read_text())["config"]
+        return all(config[role] == ",".join(paths) for role, paths in students.items())
     except (OSError, ValueError, KeyError, TypeError):
         return False
 
@@ -129,10 +133,12 @@ def choose_gamma(results_file: Path) -> tuple[float, dict[float, float]]:
     return best, by_gamma
 
 
-def student_dir(root: Path, beta: float, seed: int, form: str = "additive") -> Path:
+def student_dir(root: Path, beta: float, seed: int, form: str = "additive", group: int = 2) -> Path:
     """A student's folder: ``ft_beta{β}`` for seed 0 (as a single-seed demo writes it), ``ft_beta{β}_s{seed}``;
-    a multiplicative-reward student is ``ft_beta{β}_mult[_s{seed}]`` (never mistaken for a cached additive one)."""
-    name = f"ft_beta{beta:g}" + ("_mult" if beta > 0 and form == "multiplicative" else "")
+    a multiplicative-reward student is ``ft_beta{β}_mult[_s{seed}]``, a G-sample one ``ft_beta{β}_g{G}[_s{seed}]``
+    (never mistaken for a cached student of another recipe)."""
+    name = f"ft_beta{beta:g}" + ("_mult" if beta > 0 and form == "multiplicative" else "") \
+        + (f"_g{group}" if beta > 0 and group != 2 else "")
     return root / (name if seed == 0 else f"{name}_s{seed}")
 
 
@@ -215,17 +221,18 @@ def run_demo(preset: str = "demo", root: str | None = None, data_root: str = "da
     students = {"quality": [], "diversity": []}   # one β=0 and one β>0 student per seed
     for seed, (role, name, beta) in ((s, x) for s in seeds for x in (("quality", "finetune_beta0", 0.0),
                                                                       ("diversity", "finetune_beta", p.beta))):
-        out = student_dir(root_dir, beta, seed, p.reward_form)
+        out = student_dir(root_dir, beta, seed, p.reward_form, p.group_size)
         students[role].append(str(out))
         stage(name if seed == 0 else f"{name}_s{seed}", _finished(out),
               lambda beta=beta, out=out, seed=seed: ["finetune", *_flags(p.finetune), "--base", str(ck["base"]),
                                                      "--gamma", f"{gamma:g}", "--beta", f"{beta:g}",
-                                                     *(["--reward-form", p.reward_form] if beta > 0 else []),
+                                                     *(["--reward-form", p.reward_form, *group_flags(p.group_size)]
+                                                       if beta > 0 else []),
                                                      "--seed", str(seed), "--embedder", str(ck["embedder"]),
                                                      "--scorer", str(ck["scorer"]), "--data-dir", str(data_dir),
                                                      "--out", str(out), "--resume", *threads], out)
     record["student_seeds"] = list(seeds)
-    stage("evaluate", _evaluated(ck["eval"], students["quality"]),
+    stage("evaluate", _evaluated(ck["eval"], students),
           lambda: ["evaluate", *_flags(p.evaluate), "--base", str(ck["base"]),
                    "--quality", ",".join(students["quality"]), "--diversity", ",".join(students["diversity"]),
                    "--embedder", str(ck["embedder"]), "--scorer", str(ck["scorer"]),

@@ -1,7 +1,9 @@
 """`divcfg select`: choose the diversity student's reward form and β on *validation* prompts.
 
-Each candidate ``form:β`` (``additive:5``, ``multiplicative:10``; ``divcfg.rewards``) is trained
-exactly as ``divcfg demo`` trains its diversity student: the preset's fine-tuning flags, the demo's
+Each candidate ``form:β`` (``additive:5``, ``multiplicative:10``; ``divcfg.rewards``), optionally
+``form:β:gG`` (``additive:5:g4``: G generations per prompt with the leave-one-out pair baseline and
+``16/G`` prompts per step, i.e. the same 16 samples per step as the paper's G=2 with 8 prompts), is
+trained exactly as ``divcfg demo`` trains its diversity student: the preset's fine-tuning flags, the demo's
 shipped base and judges, its γ* (chosen on validation prompts by the demo's gamma stage), student
 seed ``--seed``. Each is then evaluated with the base (and the demo's β=0 student, for reference) on
 the validation split — never the test prompts the demo's report holds out. The rule, stated before
@@ -27,26 +29,41 @@ from divcfg.provenance import provenance, write_json_atomic
 FORMS = {"additive": "add", "multiplicative": "mult"}
 
 
-def parse_candidates(text: str) -> list[tuple[str, float]]:
-    """``additive:5,multiplicative:10`` → ``[("additive", 5.0), ("multiplicative", 10.0)]``."""
+SAMPLES_PER_STEP = 16  # the demo preset's 8 prompts × 2; a G-sample candidate keeps it: 16/G prompts × G
+
+
+def parse_candidates(text: str) -> list[tuple[str, float, int]]:
+    """``additive:5,multiplicative:10,additive:5:g4`` →
+    ``[("additive", 5.0, 2), ("multiplicative", 10.0, 2), ("additive", 5.0, 4)]`` (form, β, G)."""
     out = []
     for item in (x.strip() for x in text.split(",") if x.strip()):
-        form, _, beta = item.partition(":")
+        form, _, rest = item.partition(":")
+        beta, _, group = rest.partition(":")
         try:
             b = float(beta)
+            g = int(group[1:]) if group else 2
         except ValueError:
-            b = float("nan")
-        if form not in FORMS or not b > 0 or b == float("inf"):
-            raise UserError(f"--candidates takes form:β items with form in {', '.join(FORMS)} and β > 0, "
-                            f"e.g. additive:5,multiplicative:10: got {item!r}")
-        out.append((form, b))
+            b, g = float("nan"), 0
+        if form not in FORMS or not b > 0 or b == float("inf") or (group and not group.startswith("g")) \
+                or not 2 <= g <= SAMPLES_PER_STEP // 2 or SAMPLES_PER_STEP % g:
+            raise UserError(f"--candidates takes form:β or form:β:gG items with form in {', '.join(FORMS)}, β > 0 "
+                            f"and G in 2, 4, 8 (generations per prompt), e.g. additive:5,additive:5:g4: got {item!r}")
+        out.append((form, b, g))
     if not out:
         raise UserError("--candidates is empty: pass e.g. additive:5,multiplicative:10")
     return out
 
 
-def candidate_name(form: str, beta: float) -> str:
-    return f"{FORMS[form]}_b{beta:g}"
+def candidate_name(form: str, beta: float, group: int = 2) -> str:
+    return f"{FORMS[form]}_b{beta:g}" + (f"_g{group}" if group != 2 else "")
+
+
+def group_flags(group: int) -> list[str]:
+    """Fine-tuning flags of a G-sample candidate: G ≥ 3 uses the leave-one-out pair baseline, which
+    removes the prompt's own effect on the reward (the batch baseline of G=2 cannot)."""
+    if group == 2:
+        return []
+    return ["--group-size", str(group), "--baseline", "loo", "--prompts-per-step", str(SAMPLES_PER_STEP // group)]
 
 
 def choose(rows: dict[str, dict]) -> tuple[str, str]:
@@ -99,8 +116,8 @@ def run_selection(preset: str, demo_root: str, candidates: list[tuple[str, float
                      "--out", str(ref)])
     rows["base"] = _row(ref / "results.json", "base")
     rows["beta0"] = _row(ref / "results.json", "distilled")
-    for form, beta in candidates:
-        name = candidate_name(form, beta)
+    for form, beta, group in candidates:
+        name = candidate_name(form, beta, group)
         sdir, edir = out_dir / name, out_dir / f"eval_{name}"
         if not is_finished(sdir):
             print(f"training candidate {name} …", flush=True)
@@ -108,13 +125,13 @@ def run_selection(preset: str, demo_root: str, candidates: list[tuple[str, float
                          "--beta", f"{beta:g}", "--reward-form", form, "--seed", str(seed),
                          "--embedder", str(ck["embedder"]), "--scorer", str(ck["scorer"]),
                          "--data-dir", str(data_dir), "--out", str(sdir), "--resume", "--threads", str(threads),
-                         "--no-progress"])
+                         "--no-progress", *group_flags(group)])
         if not (edir / "results.json").exists():
             print(f"evaluating candidate {name} on validation prompts …", flush=True)
             # the candidate alone, in the base's slot: the same prompts and sampling seed as the
             # reference run's base, at half the cost of re-sampling the base
             run_command(["evaluate", *common_eval, "--base", str(sdir / "checkpoint"), "--out", str(edir)])
-        rows[name] = {"form": form, "beta": beta, **_row(edir / "results.json", "base")}
+        rows[name] = {"form": form, "beta": beta, "group_size": group, **_row(edir / "results.json", "base")}
     chosen, why = choose(rows)
     result = {"preset": preset, "gamma_star": gamma, "seed": seed, "split": "val", "num_prompts": num_prompts,
               "generations": generations, "rule": "argmax validation diversity s.t. validation quality ≥ base's",
@@ -130,7 +147,8 @@ def format_table(result: dict) -> str:
              f"student seed {result['seed']})", "",
              "| system | quality [95% CI] | diversity [95% CI] | valid | length |", "|---|---|---|---|---|"]
     for name, r in result["rows"].items():
-        label = {"base": "base", "beta0": "β=0 (demo's)"}.get(name, f"{r.get('form')} β={r.get('beta', 0):g}")
+        label = {"base": "base", "beta0": "β=0 (demo's)"}.get(
+            name, f"{r.get('form')} β={r.get('beta', 0):g}" + (f", G={r['group_size']}" if r.get("group_size", 2) != 2 else ""))
         mark = " **chosen**" if name == result["chosen"] else ""
         lines.append(f"| {label}{mark} | {r['quality']:.3f} [{r['quality_ci_low']:.3f}, {r['quality_ci_high']:.3f}] "
                      f"| {r['diversity']:.3f} [{r['diversity_ci_low']:.3f}, {r['diversity_ci_high']:.3f}] "
@@ -145,7 +163,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--preset", choices=sorted(PRESETS), default="demo", help="the demo preset whose students are compared")
     parser.add_argument("--demo-root", default=None, help="the demo's run folder (default runs/<preset>): its γ* and checkpoints")
     parser.add_argument("--candidates", default="additive:2,additive:5,multiplicative:5,multiplicative:10,multiplicative:20",
-                        help="form:β items (form: additive or multiplicative)")
+                        help="form:β or form:β:gG items (form: additive or multiplicative; gG: G generations "
+                        "per prompt, leave-one-out baseline, 16/G prompts per step)")
     parser.add_argument("--out", default="runs/select", help="folder for the candidates, their evaluations and the table")
     parser.add_argument("--seed", type=arg_type(int, ge=0), default=0, help="the candidates' training seed")
     parser.add_argument("--num-prompts", type=arg_type(int, ge=1), default=48, help="validation prompts")
