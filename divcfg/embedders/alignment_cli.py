@@ -18,6 +18,7 @@ Held-out figures (``evaluate``), on N test pieces with their canonical caption `
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import time
 from dataclasses import asdict
@@ -226,8 +227,9 @@ def run(args: argparse.Namespace) -> None:
     from divcfg.music.corpus import load_split
     from divcfg.music.tokenizer import load_tokenizer
     from divcfg.models.base import check_device
-    from divcfg.provenance import provenance, seed_everything, write_json_atomic
-    from divcfg.stages import clear_finished, mark_finished, write_jsonl_atomic
+    from divcfg.embedders.finish import JudgeRun
+    from divcfg.provenance import seed_everything
+    from divcfg.stages import clear_finished
     torch.set_num_threads(args.threads)
     seed_everything(args.seed)
     data_dir = Path(args.data_dir)
@@ -249,36 +251,16 @@ def run(args: argparse.Namespace) -> None:
     clear_finished(out)
     base_info = {"preset": args.preset, "threads": args.threads, "device": args.device, "steps_planned": steps,
                  "n_train_pieces": len(train)}
-
-    def rows(state: dict) -> list[dict]:
-        return [{"step": i + 1, "train/loss": v} for i, v in enumerate(state["loss"])]
-
-    def on_checkpoint(scorer_now: AlignmentScorer, state: dict) -> None:
-        save_alignment_scorer(out, scorer_now, tokenizer_path=data_dir / "tokenizer.json", training_state=state,
-                              extra={"data_dir": str(data_dir), "training": {**base_info, "steps": state["step"]},
-                                     "finished": False, "provenance": provenance(args.seed, data_dir=str(data_dir))})
-        write_jsonl_atomic(out / "metrics.jsonl", rows(state))
-
+    save = functools.partial(save_alignment_scorer, tokenizer_path=data_dir / "tokenizer.json")
+    judge_run = JudgeRun(args.out, save, "scorer", data_dir, args.seed, base_info)
     scorer, hist = train_scorer(train, tok, cfg, steps=steps,
                                 minutes=args.minutes if args.minutes is not None else preset["minutes"],
                                 batch_size=args.batch_size or preset["batch_size"], lr=args.lr or preset["lr"],
                                 seed=args.seed, data_dir=data_dir, device=args.device, resume_from=resume_from,
-                                ckpt_every=args.ckpt_every, on_checkpoint=on_checkpoint, out=str(out))
+                                ckpt_every=args.ckpt_every, on_checkpoint=judge_run.on_checkpoint, out=str(out))
     res = evaluate(scorer, test, args.eval_pieces, args.seed)
-    info = {**base_info, "steps": hist["steps"], "train_seconds": round(hist["seconds"], 1),
-            "train_cpu_seconds": round(hist["cpu_seconds"], 1), "cut_short": hist["cut_short"],
-            "caption_embedding_seconds": round(hist["text_seconds"], 1),
-            "final_loss": float(np.mean(hist["loss"][-20:]))}
-    save_alignment_scorer(out, scorer, tokenizer_path=data_dir / "tokenizer.json",
-                          training_state=hist["training_state"],
-                          extra={"data_dir": str(data_dir), "training": info, "eval": res, "finished": True,
-                                 "cut_short": hist["cut_short"],
-                                 "provenance": provenance(args.seed, data_dir=str(data_dir))})
-    write_jsonl_atomic(out / "metrics.jsonl", rows(hist))
-    write_json_atomic(out / "eval.json", {"training": info, **res})
-    mark_finished(out, "scorer", hist["steps"], steps, hist["cut_short"], seed=args.seed, elapsed_s=hist["seconds"],
-                  eval={k: res[k] for k in ("recall@1", "recall@10", "auc")})
-    print(f"trained {hist['steps']} steps in {hist['seconds']:.0f} s (+{hist['text_seconds']:.0f} s caption "
-          f"embeddings) on {len(train)} pieces (final loss {info['final_loss']:.3f}); wrote {args.out}")
+    judge_run.finish(scorer, hist, res, figures={"caption_embedding_seconds": round(hist["text_seconds"], 1)},
+                     done_eval={k: res[k] for k in ("recall@1", "recall@10", "auc")},
+                     trained_on=f"(+{hist['text_seconds']:.0f} s caption embeddings) on {len(train)} pieces")
     _print_eval(res)
     print(json.dumps({k: res[k] for k in ("recall@1", "recall@10", "auc")}))

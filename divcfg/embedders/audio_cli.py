@@ -21,7 +21,6 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from divcfg.embedders.audio import (KIND, AudioAugment, AudioEmbedder, AudioEmbedderConfig, load_audio_embedder,
@@ -136,14 +135,10 @@ def add_audio_arguments(train: argparse.ArgumentParser, evaluate: argparse.Argum
                    help="audio: probability of adding noise to a view")
 
 
-def _metric_rows(hist: dict) -> list[dict]:
-    return [{"step": i + 1, "train/loss": loss, "train/pair_acc": acc}
-            for i, (loss, acc) in enumerate(zip(hist["loss"], hist["acc"]))]
-
-
 def run(args: argparse.Namespace) -> None:
-    from divcfg.provenance import provenance, seed_everything, write_json_atomic
-    from divcfg.stages import clear_finished, judge_resume_state, mark_finished, run_per_seed, write_jsonl_atomic
+    from divcfg.embedders.finish import JudgeRun
+    from divcfg.provenance import seed_everything
+    from divcfg.stages import clear_finished, judge_resume_state, run_per_seed
     if args.action == "train":
         if isinstance(args.out, DefaultOut) or not args.out:
             args.out = DEFAULT_OUT
@@ -176,33 +171,15 @@ def run(args: argparse.Namespace) -> None:
                  "tau": args.tau, "threads": args.threads, "device": args.device, "steps_planned": steps,
                  "max_train_pieces": max_train, "max_seconds": args.max_seconds, "train_cache": str(train.folder),
                  "test_cache": str(test.folder)}
-
-    def on_checkpoint(E_now: AudioEmbedder, state: dict) -> None:
-        save_audio_embedder(out, E_now, training_state=state,
-                            extra={"data_dir": str(data_dir), "training": {**base_info, "steps": state["step"]},
-                                   "finished": False, "provenance": provenance(args.seed, data_dir=str(data_dir))})
-        write_jsonl_atomic(out / "metrics.jsonl", _metric_rows(state))
-
+    judge_run = JudgeRun(out, save_audio_embedder, "audio_embedder", data_dir, args.seed, base_info)
     E, hist = train_audio_embedder(train, cfg, augment=augment, steps=steps,
                                    minutes=args.minutes if args.minutes is not None else preset["minutes"],
                                    batch_size=args.batch_size or preset["batch_size"], lr=args.lr or preset["lr"],
                                    tau=args.tau, seed=args.seed, device=args.device, resume_from=resume_from,
-                                   ckpt_every=args.ckpt_every, on_checkpoint=on_checkpoint, out=str(out))
+                                   ckpt_every=args.ckpt_every, on_checkpoint=judge_run.on_checkpoint, out=str(out))
     res = evaluate_audio(E, test, args.eval_pieces, args.seed)
-    train_info = {**base_info, "steps": hist["steps"], "train_seconds": round(hist["seconds"], 1),
-                  "train_cpu_seconds": round(hist["cpu_seconds"], 1), "cut_short": hist["cut_short"],
-                  "render_seconds": round(t_load, 1), "n_train_clips": hist["n_train_clips"],
-                  "final_loss": float(np.mean(hist["loss"][-20:])), "final_pair_acc": float(np.mean(hist["acc"][-20:]))}
-    save_audio_embedder(out, E, training_state=hist["training_state"],
-                        extra={"data_dir": str(data_dir), "training": train_info, "eval": res, "finished": True,
-                               "cut_short": hist["cut_short"],
-                               "provenance": provenance(args.seed, data_dir=str(data_dir))})
-    write_jsonl_atomic(out / "metrics.jsonl", _metric_rows(hist))
-    write_json_atomic(out / "eval.json", {"training": train_info, **res})
-    mark_finished(out, "audio_embedder", hist["steps"], steps, hist["cut_short"], seed=args.seed,
-                  elapsed_s=hist["seconds"], eval={"top1": res["retrieval"]["top1"]})
-    print(f"trained {hist['steps']} steps in {hist['seconds']:.0f} s on {hist['n_train_clips']} clips "
-          f"(final loss {train_info['final_loss']:.3f}); wrote {out}")
+    judge_run.finish(E, hist, res, figures={"render_seconds": round(t_load, 1), "n_train_clips": hist["n_train_clips"]},
+                     done_eval={"top1": res["retrieval"]["top1"]}, trained_on=f"on {hist['n_train_clips']} clips")
     print_eval(res)
     print(json.dumps({"top1": res["retrieval"]["top1"], "chance": res["retrieval"]["chance"]}))
 

@@ -23,6 +23,7 @@ halves of each piece embedded whole, as E embeds generations.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import time
@@ -314,11 +315,6 @@ def _print_eval(res: dict) -> None:
 
 
 
-def _metric_rows(hist: dict) -> list[dict]:
-    return [{"step": i + 1, "train/loss": loss, "train/pair_acc": acc}
-            for i, (loss, acc) in enumerate(zip(hist["loss"], hist["acc"]))]
-
-
 def run(args: argparse.Namespace) -> None:
     from divcfg.embedders import audio_cli
     if audio_cli.wants_audio(args):   # (it runs --seeds itself, after choosing its own --out default)
@@ -326,8 +322,9 @@ def run(args: argparse.Namespace) -> None:
     from divcfg.stages import run_per_seed
     if getattr(args, "action", None) == "train" and run_per_seed(args, run):
         return
-    from divcfg.provenance import provenance, seed_everything, write_json_atomic
-    from divcfg.stages import clear_finished, mark_finished, write_jsonl_atomic
+    from divcfg.embedders.finish import JudgeRun
+    from divcfg.provenance import seed_everything
+    from divcfg.stages import clear_finished
     torch.set_num_threads(args.threads)
     seed_everything(args.seed)
     data_dir = Path(args.data_dir)
@@ -357,33 +354,17 @@ def run(args: argparse.Namespace) -> None:
     tok_path = tok_path if tok_path.exists() else None
     base_info = {"preset": args.preset, "augment": asdict(augment) if augment else None, "tau": args.tau,
                  "threads": args.threads, "device": args.device, "steps_planned": steps}
-
-    def on_checkpoint(E_now: DiversityEmbedder, state: dict) -> None:
-        save_diversity_embedder(out, E_now, tokenizer_path=tok_path, training_state=state,
-                                extra={"data_dir": str(data_dir), "training": {**base_info, "steps": state["step"]},
-                                       "finished": False, "provenance": provenance(args.seed, data_dir=str(data_dir))})
-        write_jsonl_atomic(out / "metrics.jsonl", _metric_rows(state))
-
+    judge_run = JudgeRun(args.out, functools.partial(save_diversity_embedder, tokenizer_path=tok_path), "embedder",
+                         data_dir, args.seed, base_info)
     E, hist = train_embedder(train, cfg, augment=augment, steps=steps,
                              minutes=args.minutes if args.minutes is not None else preset["minutes"],
                              batch_size=args.batch_size or preset["batch_size"], lr=args.lr or preset["lr"],
                              tau=args.tau, seed=args.seed, bar_beats=[p["bar_beats"] for p in train_meta],
                              device=args.device, resume_from=resume_from, ckpt_every=args.ckpt_every,
-                             on_checkpoint=on_checkpoint, out=str(out))
+                             on_checkpoint=judge_run.on_checkpoint, out=str(out))
     res = evaluate(E, test, args.eval_pieces, args.seed)
-    train_info = {**base_info, "steps": hist["steps"], "train_seconds": round(hist["seconds"], 1),
-                  "train_cpu_seconds": round(hist["cpu_seconds"], 1), "cut_short": hist["cut_short"],
-                  "decode_seconds": round(t_load, 1), "n_train_pieces": hist["n_train_pieces"],
-                  "final_loss": float(np.mean(hist["loss"][-20:])), "final_pair_acc": float(np.mean(hist["acc"][-20:]))}
-    save_diversity_embedder(out, E, tokenizer_path=tok_path, training_state=hist["training_state"],
-                            extra={"data_dir": str(data_dir), "training": train_info, "eval": res, "finished": True,
-                                   "cut_short": hist["cut_short"],
-                                   "provenance": provenance(args.seed, data_dir=str(data_dir))})
-    write_jsonl_atomic(out / "metrics.jsonl", _metric_rows(hist))
-    write_json_atomic(out / "eval.json", {"training": train_info, **res})
-    mark_finished(out, "embedder", hist["steps"], steps, hist["cut_short"], seed=args.seed,
-                  elapsed_s=hist["seconds"], eval={"top1": res["retrieval"]["top1"]})
-    print(f"trained {hist['steps']} steps in {hist['seconds']:.0f} s on {hist['n_train_pieces']} pieces "
-          f"(final loss {train_info['final_loss']:.3f}); wrote {args.out}")
+    judge_run.finish(E, hist, res,
+                     figures={"decode_seconds": round(t_load, 1), "n_train_pieces": hist["n_train_pieces"]},
+                     done_eval={"top1": res["retrieval"]["top1"]}, trained_on=f"on {hist['n_train_pieces']} pieces")
     _print_eval(res)
     print(json.dumps({"top1": res["retrieval"]["top1"], "chance": res["retrieval"]["chance"]}))
