@@ -1,0 +1,54 @@
+"""`divcfg select`'s pieces that need no training: candidate parsing, the G-sample flags, the rule,
+and the student folders the demo derives from a recipe (a cached student of one recipe must never
+be taken for another's)."""
+
+from pathlib import Path
+
+import pytest
+
+from divcfg.demo import student_dir
+from divcfg.errors import UserError
+from divcfg.selection import SAMPLES_PER_STEP, candidate_name, choose, group_flags, parse_candidates
+
+
+def test_candidates_parse_with_an_optional_group_size():
+    assert parse_candidates("additive:5, multiplicative:10,additive:5:g4") == [
+        ("additive", 5.0, 2), ("multiplicative", 10.0, 2), ("additive", 5.0, 4)]
+    assert candidate_name("additive", 5.0, 4) == "add_b5_g4"
+    assert candidate_name("multiplicative", 10.0) == "mult_b10"
+
+
+@pytest.mark.parametrize("bad", ["", "additive", "additive:0", "additive:inf", "additive:5:4", "additive:5:g3",
+                                 "additive:5:g16", "additive:5:gx", "sum:5"])
+def test_bad_candidates_get_one_line_errors(bad):
+    with pytest.raises(UserError) as e:
+        parse_candidates(bad)
+    assert "\n" not in str(e.value) and "--candidates" in str(e.value)
+
+
+def test_a_group_candidate_keeps_the_samples_per_step_and_uses_the_leave_one_out_baseline():
+    assert group_flags(2) == []
+    for g in (4, 8):
+        flags = dict(zip(group_flags(g)[::2], group_flags(g)[1::2]))
+        assert flags["--baseline"] == "loo"
+        assert int(flags["--group-size"]) * int(flags["--prompts-per-step"]) == SAMPLES_PER_STEP
+
+
+def test_the_rule_takes_the_most_diverse_candidate_that_keeps_the_base_quality():
+    rows = {"base": {"quality": 0.30, "diversity": 0.70}, "beta0": {"quality": 0.40, "diversity": 0.60},
+            "a": {"quality": 0.31, "diversity": 0.72}, "b": {"quality": 0.29, "diversity": 0.90},
+            "c": {"quality": 0.35, "diversity": 0.71}}
+    assert choose(rows)[0] == "a"
+    rows["a"]["quality"] = 0.2
+    assert choose(rows)[0] == "c"
+    assert choose({"base": rows["base"], "x": {"quality": 0.1, "diversity": 1.0},
+                   "y": {"quality": 0.2, "diversity": 0.1}})[0] == "y"
+
+
+def test_student_folders_name_their_recipe():
+    root = Path("r")
+    names = {student_dir(root, b, s, f, g).name for b in (0.0, 5.0) for s in (0, 1)
+             for f in ("additive", "multiplicative") for g in (2, 4)}
+    assert {"ft_beta0", "ft_beta0_s1", "ft_beta5", "ft_beta5_s1", "ft_beta5_mult", "ft_beta5_g4",
+            "ft_beta5_mult_g4_s1"} <= names
+    assert student_dir(root, 0.0, 0, "additive", 4).name == "ft_beta0"   # β=0 has no reward: one recipe
