@@ -32,7 +32,7 @@ from pathlib import Path
 from divcfg.cli import run_command
 from divcfg.errors import UserError
 from divcfg.provenance import provenance, write_json_atomic
-from divcfg.selection import group_flags
+from divcfg.selection import Candidate
 from divcfg.stages import is_finished, read_marker
 
 
@@ -49,6 +49,7 @@ class DemoPreset:
     reward_form: str = "additive"   # the diversity student's (divcfg.rewards); β=0 trains without a reward
     group_size: int = 2             # the diversity student's generations per prompt (≥3: leave-one-out baseline,
                                     # 16/G prompts per step: divcfg.selection.group_flags)
+    divergence: str = "reverse_kl"  # the diversity student's divergence to the teacher (β=0: always reverse KL)
     seeds: tuple[int, ...] = (0,)   # the students' training seeds (--seeds overrides)
     threads: int = 2
     shipped: bool = False   # base, E and scorer from divcfg.pretrained (the three stages above: --from-scratch)
@@ -133,12 +134,21 @@ def choose_gamma(results_file: Path) -> tuple[float, dict[float, float]]:
     return best, by_gamma
 
 
-def student_dir(root: Path, beta: float, seed: int, form: str = "additive", group: int = 2) -> Path:
+def diversity_recipe(p: DemoPreset) -> Candidate:
+    """The preset's diversity student as a `divcfg select` candidate (its flags and folder suffix)."""
+    return Candidate(p.reward_form, p.beta, p.group_size, p.divergence)
+
+
+def student_dir(root: Path, beta: float, seed: int, form: str = "additive", group: int = 2,
+                divergence: str = "reverse_kl") -> Path:
     """A student's folder: ``ft_beta{β}`` for seed 0 (as a single-seed demo writes it), ``ft_beta{β}_s{seed}``;
-    a multiplicative-reward student is ``ft_beta{β}_mult[_s{seed}]``, a G-sample one ``ft_beta{β}_g{G}[_s{seed}]``
-    (never mistaken for a cached student of another recipe)."""
-    name = f"ft_beta{beta:g}" + ("_mult" if beta > 0 and form == "multiplicative" else "") \
-        + (f"_g{group}" if beta > 0 and group != 2 else "")
+    a diversity student of another recipe than the paper's (additive, G=2, reverse KL) carries its
+    suffixes, e.g. ``ft_beta5_mult``, ``ft_beta5_g4_fkl_s1`` (never mistaken for a cached
+    student of another recipe)."""
+    name = f"ft_beta{beta:g}"
+    if beta > 0:
+        name += ("_mult" if form == "multiplicative" else "") + (f"_g{group}" if group != 2 else "") \
+            + ("_fkl" if divergence == "forward_kl" else "")
     return root / (name if seed == 0 else f"{name}_s{seed}")
 
 
@@ -221,13 +231,12 @@ def run_demo(preset: str = "demo", root: str | None = None, data_root: str = "da
     students = {"quality": [], "diversity": []}   # one β=0 and one β>0 student per seed
     for seed, (role, name, beta) in ((s, x) for s in seeds for x in (("quality", "finetune_beta0", 0.0),
                                                                       ("diversity", "finetune_beta", p.beta))):
-        out = student_dir(root_dir, beta, seed, p.reward_form, p.group_size)
+        out = student_dir(root_dir, beta, seed, p.reward_form, p.group_size, p.divergence)
         students[role].append(str(out))
         stage(name if seed == 0 else f"{name}_s{seed}", _finished(out),
               lambda beta=beta, out=out, seed=seed: ["finetune", *_flags(p.finetune), "--base", str(ck["base"]),
                                                      "--gamma", f"{gamma:g}", "--beta", f"{beta:g}",
-                                                     *(["--reward-form", p.reward_form, *group_flags(p.group_size)]
-                                                       if beta > 0 else []),
+                                                     *(diversity_recipe(p).flags() if beta > 0 else []),
                                                      "--seed", str(seed), "--embedder", str(ck["embedder"]),
                                                      "--scorer", str(ck["scorer"]), "--data-dir", str(data_dir),
                                                      "--out", str(out), "--resume", *threads], out)

@@ -1,8 +1,9 @@
 """`divcfg select`: choose the diversity student's reward form and β on *validation* prompts.
 
 Each candidate ``form:β`` (``additive:5``, ``multiplicative:10``; ``divcfg.rewards``), optionally
-``form:β:gG`` (``additive:5:g4``: G generations per prompt with the leave-one-out pair baseline and
-``16/G`` prompts per step, i.e. the same 16 samples per step as the paper's G=2 with 8 prompts), is
+with modifiers ``form:β:gG:fkl`` (``gG``: G generations per prompt with the leave-one-out pair
+baseline and ``16/G`` prompts per step, i.e. the same 16 samples per step as the paper's G=2 with 8
+prompts; ``fkl``: the forward KL(teacher ‖ student) instead of the paper's reverse KL), is
 trained exactly as ``divcfg demo`` trains its diversity student: the preset's fine-tuning flags, the demo's
 shipped base and judges, its γ* (chosen on validation prompts by the demo's gamma stage), student
 seed ``--seed``. Each is then evaluated with the base (and the demo's β=0 student, for reference) on
@@ -21,41 +22,70 @@ folder holds a finished student (``DONE.json``) are not retrained; evaluations a
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from divcfg.errors import UserError
 from divcfg.provenance import provenance, write_json_atomic
 
 FORMS = {"additive": "add", "multiplicative": "mult"}
-
-
+DIVERGENCE_MODIFIERS = {"fkl": "forward_kl"}   # item modifier → --divergence (default: the paper's reverse KL)
 SAMPLES_PER_STEP = 16  # the demo preset's 8 prompts × 2; a G-sample candidate keeps it: 16/G prompts × G
 
 
-def parse_candidates(text: str) -> list[tuple[str, float, int]]:
-    """``additive:5,multiplicative:10,additive:5:g4`` →
-    ``[("additive", 5.0, 2), ("multiplicative", 10.0, 2), ("additive", 5.0, 4)]`` (form, β, G)."""
+@dataclass(frozen=True)
+class Candidate:
+    """One diversity-student recipe: reward form, β, generations per prompt G, divergence to the teacher."""
+    form: str
+    beta: float
+    group: int = 2
+    divergence: str = "reverse_kl"
+
+    @property
+    def name(self) -> str:
+        mods = {v: k for k, v in DIVERGENCE_MODIFIERS.items()}
+        return (f"{FORMS[self.form]}_b{self.beta:g}" + (f"_g{self.group}" if self.group != 2 else "")
+                + (f"_{mods[self.divergence]}" if self.divergence in mods else ""))
+
+    @property
+    def label(self) -> str:
+        extra = ([f"G={self.group}"] if self.group != 2 else []) + \
+            (["forward KL"] if self.divergence == "forward_kl" else [])
+        return f"{self.form} β={self.beta:g}" + (f", {', '.join(extra)}" if extra else "")
+
+    def flags(self) -> list[str]:
+        """``divcfg finetune`` flags of the recipe (besides ``--beta``)."""
+        return ["--reward-form", self.form, *group_flags(self.group),
+                *(["--divergence", self.divergence] if self.divergence != "reverse_kl" else [])]
+
+
+def parse_candidates(text: str) -> list[Candidate]:
+    """``additive:5,multiplicative:10,additive:5:g4:fkl`` → candidates; after ``form:β`` come optional
+    modifiers: ``gG`` (G generations per prompt) and ``fkl`` (forward KL to the teacher)."""
     out = []
     for item in (x.strip() for x in text.split(",") if x.strip()):
-        form, _, rest = item.partition(":")
-        beta, _, group = rest.partition(":")
+        form, beta, *mods = item.split(":") + ([] if ":" in item else [""])
+        group, divergence, ok = 2, "reverse_kl", form in FORMS
         try:
             b = float(beta)
-            g = int(group[1:]) if group else 2
         except ValueError:
-            b, g = float("nan"), 0
-        if form not in FORMS or not b > 0 or b == float("inf") or (group and not group.startswith("g")) \
-                or not 2 <= g <= SAMPLES_PER_STEP // 2 or SAMPLES_PER_STEP % g:
-            raise UserError(f"--candidates takes form:β or form:β:gG items with form in {', '.join(FORMS)}, β > 0 "
-                            f"and G in 2, 4, 8 (generations per prompt), e.g. additive:5,additive:5:g4: got {item!r}")
-        out.append((form, b, g))
+            b = float("nan")
+        for m in mods:
+            if m in DIVERGENCE_MODIFIERS:
+                divergence = DIVERGENCE_MODIFIERS[m]
+            elif m[:1] == "g" and m[1:].isdigit():
+                group = int(m[1:])
+            else:
+                ok = False
+        if not ok or not b > 0 or b == float("inf") or not 2 <= group <= SAMPLES_PER_STEP // 2 \
+                or SAMPLES_PER_STEP % group:
+            raise UserError(f"--candidates takes form:β[:gG][:fkl] items with form in {', '.join(FORMS)}, β > 0, "
+                            f"G in 2, 4, 8 (generations per prompt) and fkl for a forward-KL student, e.g. "
+                            f"additive:5,additive:5:g4:fkl: got {item!r}")
+        out.append(Candidate(form, b, group, divergence))
     if not out:
         raise UserError("--candidates is empty: pass e.g. additive:5,multiplicative:10")
     return out
-
-
-def candidate_name(form: str, beta: float, group: int = 2) -> str:
-    return f"{FORMS[form]}_b{beta:g}" + (f"_g{group}" if group != 2 else "")
 
 
 def group_flags(group: int) -> list[str]:
@@ -116,22 +146,23 @@ def run_selection(preset: str, demo_root: str, candidates: list[tuple[str, float
                      "--out", str(ref)])
     rows["base"] = _row(ref / "results.json", "base")
     rows["beta0"] = _row(ref / "results.json", "distilled")
-    for form, beta, group in candidates:
-        name = candidate_name(form, beta, group)
+    for cand in candidates:
+        name = cand.name
         sdir, edir = out_dir / name, out_dir / f"eval_{name}"
         if not is_finished(sdir):
             print(f"training candidate {name} …", flush=True)
             run_command(["finetune", *_flags(p.finetune), "--base", str(ck["base"]), "--gamma", f"{gamma:g}",
-                         "--beta", f"{beta:g}", "--reward-form", form, "--seed", str(seed),
+                         "--beta", f"{cand.beta:g}", *cand.flags(), "--seed", str(seed),
                          "--embedder", str(ck["embedder"]), "--scorer", str(ck["scorer"]),
                          "--data-dir", str(data_dir), "--out", str(sdir), "--resume", "--threads", str(threads),
-                         "--no-progress", *group_flags(group)])
+                         "--no-progress"])
         if not (edir / "results.json").exists():
             print(f"evaluating candidate {name} on validation prompts …", flush=True)
             # the candidate alone, in the base's slot: the same prompts and sampling seed as the
             # reference run's base, at half the cost of re-sampling the base
             run_command(["evaluate", *common_eval, "--base", str(sdir / "checkpoint"), "--out", str(edir)])
-        rows[name] = {"form": form, "beta": beta, "group_size": group, **_row(edir / "results.json", "base")}
+        rows[name] = {"form": cand.form, "beta": cand.beta, "group_size": cand.group, "divergence": cand.divergence,
+                      "label": cand.label, **_row(edir / "results.json", "base")}
     chosen, why = choose(rows)
     result = {"preset": preset, "gamma_star": gamma, "seed": seed, "split": "val", "num_prompts": num_prompts,
               "generations": generations, "rule": "argmax validation diversity s.t. validation quality ≥ base's",
@@ -147,8 +178,7 @@ def format_table(result: dict) -> str:
              f"student seed {result['seed']})", "",
              "| system | quality [95% CI] | diversity [95% CI] | valid | length |", "|---|---|---|---|---|"]
     for name, r in result["rows"].items():
-        label = {"base": "base", "beta0": "β=0 (demo's)"}.get(
-            name, f"{r.get('form')} β={r.get('beta', 0):g}" + (f", G={r['group_size']}" if r.get("group_size", 2) != 2 else ""))
+        label = {"base": "base", "beta0": "β=0 (demo's)"}.get(name) or r.get("label") or f"{r['form']} β={r['beta']:g}"
         mark = " **chosen**" if name == result["chosen"] else ""
         lines.append(f"| {label}{mark} | {r['quality']:.3f} [{r['quality_ci_low']:.3f}, {r['quality_ci_high']:.3f}] "
                      f"| {r['diversity']:.3f} [{r['diversity_ci_low']:.3f}, {r['diversity_ci_high']:.3f}] "
@@ -163,8 +193,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--preset", choices=sorted(PRESETS), default="demo", help="the demo preset whose students are compared")
     parser.add_argument("--demo-root", default=None, help="the demo's run folder (default runs/<preset>): its γ* and checkpoints")
     parser.add_argument("--candidates", default="additive:2,additive:5,multiplicative:5,multiplicative:10,multiplicative:20",
-                        help="form:β or form:β:gG items (form: additive or multiplicative; gG: G generations "
-                        "per prompt, leave-one-out baseline, 16/G prompts per step)")
+                        help="form:β[:gG][:fkl] items (form: additive or multiplicative; gG: G generations per "
+                        "prompt, leave-one-out baseline, 16/G prompts per step; fkl: forward KL to the teacher)")
     parser.add_argument("--out", default="runs/select", help="folder for the candidates, their evaluations and the table")
     parser.add_argument("--seed", type=arg_type(int, ge=0), default=0, help="the candidates' training seed")
     parser.add_argument("--num-prompts", type=arg_type(int, ge=1), default=48, help="validation prompts")

@@ -8,18 +8,23 @@ import pytest
 
 from divcfg.demo import student_dir
 from divcfg.errors import UserError
-from divcfg.selection import SAMPLES_PER_STEP, candidate_name, choose, group_flags, parse_candidates
+from divcfg.selection import SAMPLES_PER_STEP, Candidate, choose, group_flags, parse_candidates
 
 
-def test_candidates_parse_with_an_optional_group_size():
-    assert parse_candidates("additive:5, multiplicative:10,additive:5:g4") == [
-        ("additive", 5.0, 2), ("multiplicative", 10.0, 2), ("additive", 5.0, 4)]
-    assert candidate_name("additive", 5.0, 4) == "add_b5_g4"
-    assert candidate_name("multiplicative", 10.0) == "mult_b10"
+def test_candidates_parse_with_optional_modifiers():
+    assert parse_candidates("additive:5, multiplicative:10,additive:5:g4,additive:2:fkl:g4") == [
+        Candidate("additive", 5.0), Candidate("multiplicative", 10.0), Candidate("additive", 5.0, 4),
+        Candidate("additive", 2.0, 4, "forward_kl")]
+    assert Candidate("additive", 5.0, 4).name == "add_b5_g4"
+    assert Candidate("multiplicative", 10.0).name == "mult_b10"
+    assert Candidate("additive", 2.0, 4, "forward_kl").name == "add_b2_g4_fkl"
+    flags = Candidate("additive", 2.0, 4, "forward_kl").flags()
+    assert flags[:2] == ["--reward-form", "additive"] and flags[-2:] == ["--divergence", "forward_kl"]
+    assert Candidate("additive", 5.0).flags() == ["--reward-form", "additive"]   # the paper's recipe: no extras
 
 
 @pytest.mark.parametrize("bad", ["", "additive", "additive:0", "additive:inf", "additive:5:4", "additive:5:g3",
-                                 "additive:5:g16", "additive:5:gx", "sum:5"])
+                                 "additive:5:g16", "additive:5:gx", "additive:5:kl", "sum:5"])
 def test_bad_candidates_get_one_line_errors(bad):
     with pytest.raises(UserError) as e:
         parse_candidates(bad)
@@ -47,8 +52,8 @@ def test_the_rule_takes_the_most_diverse_candidate_that_keeps_the_base_quality()
 
 def test_student_folders_name_their_recipe():
     root = Path("r")
-    names = {student_dir(root, b, s, f, g).name for b in (0.0, 5.0) for s in (0, 1)
-             for f in ("additive", "multiplicative") for g in (2, 4)}
+    names = [student_dir(root, b, s, f, g, d).name for b in (0.0, 5.0) for s in (0, 1)
+             for f in ("additive", "multiplicative") for g in (2, 4) for d in ("reverse_kl", "forward_kl")]
     assert {"ft_beta0", "ft_beta0_s1", "ft_beta5", "ft_beta5_s1", "ft_beta5_mult", "ft_beta5_g4",
-            "ft_beta5_mult_g4_s1"} <= names
-    assert student_dir(root, 0.0, 0, "additive", 4).name == "ft_beta0"   # β=0 has no reward: one recipe
+            "ft_beta5_mult_g4_s1", "ft_beta5_fkl", "ft_beta5_mult_g4_fkl_s1"} <= set(names)
+    assert len(set(names)) == 2 + 2 * 8   # β=0 (two seeds) is one recipe; every β>0 recipe has its own folder
