@@ -154,8 +154,15 @@ def student_dir(root: Path, beta: float, seed: int, form: str = "additive", grou
 
 def run_demo(preset: str = "demo", root: str | None = None, data_root: str = "data",
              force: tuple[str, ...] = (), beta: float | None = None, seeds: tuple[int, ...] | None = None,
-             from_scratch: bool = False) -> Path:
+             from_scratch: bool = False, recipe: str | None = None) -> Path:
     p = PRESETS[preset]
+    if recipe is not None:  # the diversity student's recipe in `divcfg select`'s syntax, e.g. additive:5:g4:fkl
+        from divcfg.selection import parse_candidates
+        cands = parse_candidates(recipe, "--recipe")
+        if len(cands) != 1:
+            raise UserError(f"--recipe takes one form:β[:gG][:fkl] item, e.g. additive:5:g4:fkl: got {recipe!r}")
+        c = cands[0]
+        p = dataclasses.replace(p, reward_form=c.form, beta=c.beta, group_size=c.group, divergence=c.divergence)
     seeds = tuple(seeds) if seeds else p.seeds
     if beta is not None:
         if beta <= 0:
@@ -241,6 +248,8 @@ def run_demo(preset: str = "demo", root: str | None = None, data_root: str = "da
                                                      "--scorer", str(ck["scorer"]), "--data-dir", str(data_dir),
                                                      "--out", str(out), "--resume", *threads], out)
     record["student_seeds"] = list(seeds)
+    record["diversity_recipe"] = {"form": p.reward_form, "beta": p.beta, "group_size": p.group_size,
+                                  "divergence": p.divergence}
     stage("evaluate", _evaluated(ck["eval"], students),
           lambda: ["evaluate", *_flags(p.evaluate), "--base", str(ck["base"]),
                    "--quality", ",".join(students["quality"]), "--diversity", ",".join(students["diversity"]),
@@ -268,6 +277,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--beta", type=arg_type(float, gt=0), default=None,
                         help="β of the diversity student (default: the preset's, 5; on the small testbed β=5 kept the "
                              "requested meter where the paper's β=15 did not, see README Results)")
+    parser.add_argument("--recipe", default=None,
+                        help="the diversity student's recipe in `divcfg select`'s syntax, form:β[:gG][:fkl] (e.g. "
+                             "additive:5:g4:fkl; default: the preset's, additive:5); --beta then overrides its β")
     parser.add_argument("--from-scratch", action="store_true",
                         help="train the base, E and the scorer instead of installing the shipped checkpoints "
                              "(divcfg/weights; the small preset's commands made them)")
@@ -282,4 +294,4 @@ def add_arguments(parser) -> None:
 
 def run(args) -> None:
     run_demo(args.preset, args.root, args.data_root, tuple(args.force), args.beta, args.seeds,
-             args.from_scratch)
+             args.from_scratch, args.recipe)

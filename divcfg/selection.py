@@ -59,7 +59,7 @@ class Candidate:
                 *(["--divergence", self.divergence] if self.divergence != "reverse_kl" else [])]
 
 
-def parse_candidates(text: str) -> list[Candidate]:
+def parse_candidates(text: str, flag: str = "--candidates") -> list[Candidate]:
     """``additive:5,multiplicative:10,additive:5:g4:fkl`` → candidates; after ``form:β`` come optional
     modifiers: ``gG`` (G generations per prompt) and ``fkl`` (forward KL to the teacher)."""
     out = []
@@ -79,12 +79,12 @@ def parse_candidates(text: str) -> list[Candidate]:
                 ok = False
         if not ok or not b > 0 or b == float("inf") or not 2 <= group <= SAMPLES_PER_STEP // 2 \
                 or SAMPLES_PER_STEP % group:
-            raise UserError(f"--candidates takes form:β[:gG][:fkl] items with form in {', '.join(FORMS)}, β > 0, "
+            raise UserError(f"{flag} takes form:β[:gG][:fkl] items with form in {', '.join(FORMS)}, β > 0, "
                             f"G in 2, 4, 8 (generations per prompt) and fkl for a forward-KL student, e.g. "
                             f"additive:5,additive:5:g4:fkl: got {item!r}")
         out.append(Candidate(form, b, group, divergence))
     if not out:
-        raise UserError("--candidates is empty: pass e.g. additive:5,multiplicative:10")
+        raise UserError(f"{flag} is empty: pass e.g. additive:5,multiplicative:10")
     return out
 
 
