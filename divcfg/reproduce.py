@@ -15,6 +15,9 @@ Recipes (the seeds are the students' training seeds; every evaluation samples wi
 - ``small``: the significance run of the README's Results (``divcfg demo --preset small``: the demo's
   students for three seeds, 128 held-out prompts, intervals over prompts and seeds), published in
   ``docs/results/small/results.csv``;
+- ``small_fkl``: the exploratory significance run of the forward-KL diversity student
+  (``divcfg demo --preset small --recipe additive:5:g4:fkl``), published in
+  ``docs/results/small_fkl/results.csv``;
 - ``tiny``: the test suite's (tiny data, few steps, two seeds); nothing is published for it.
 
 The demo command is itself the sequence data → pretrain → embedder E → alignment scorer → γ sweep on
@@ -57,6 +60,9 @@ RECIPES: dict[str, Recipe] = {
     "demo": Recipe("what `make demo` produces", _demo_steps("demo", (0,)), "docs/results/demo/results.csv", (0,)),
     "small": Recipe("the README's significance run: the demo's students for three seeds, 128 held-out prompts",
                     _demo_steps("small", (0, 1, 2)), "docs/results/small/results.csv", (0, 1, 2)),
+    "small_fkl": Recipe("the exploratory significance run of the forward-KL diversity student (β=5, G=4)",
+                        _demo_steps("small", (0, 1, 2), "--recipe", "additive:5:g4:fkl"),
+                        "docs/results/small_fkl/results.csv", (0, 1, 2)),
     "tiny": Recipe("the test suite's tiny run (tiny data, few steps, two student seeds)",
                    _demo_steps("tiny", (0, 1)), "docs/results/tiny/results.csv", (0, 1)),
 }

@@ -55,6 +55,8 @@ def test_recipes_state_their_seeds():
     assert RECIPES["small"].seeds == (0, 1, 2) and "--seeds" in RECIPES["small"].steps[0]
     assert RECIPES["small"].steps[0][RECIPES["small"].steps[0].index("--seeds") + 1] == "0,1,2"
     assert RECIPES["small"].published == "docs/results/small/results.csv"
+    fkl = RECIPES["small_fkl"].steps[0]   # the same run with the forward-KL diversity recipe
+    assert fkl[fkl.index("--recipe") + 1] == "additive:5:g4:fkl" and fkl[fkl.index("--seeds") + 1] == "0,1,2"
 
 
 @pytest.mark.slow
