@@ -174,6 +174,23 @@ def non_finite_error(stage: str, loss: float, step: int, out, saved_step: int | 
                      f"(with --resume to continue)")
 
 
+def restore_training(model, resume_from, load_sampler_state, hist_keys: tuple[str, ...]) -> tuple[int, float, dict]:
+    """A judge trainer's start: ``(step, elapsed, hist)``, zero and empty lists for a new run, or, with
+    ``resume_from = (weights, training_state)``, the checkpoint's weights loaded into ``model``, the torch
+    RNG and the sampler's state (``load_sampler_state(state)``) restored, and its step, training seconds
+    and history lists ``hist_keys``. The optimizer is restored by the caller once it exists."""
+    if resume_from is None:
+        return 0, 0.0, {k: [] for k in hist_keys}
+    import torch
+    weights, state = resume_from
+    model.load_state_dict(weights)
+    step, elapsed = int(state["step"]), float(state["elapsed"])
+    print(f"resuming from step {step} ({elapsed / 60:.1f} min done)")
+    torch.set_rng_state(state["torch_rng"])
+    load_sampler_state(state)
+    return step, elapsed, {k: list(state[k]) for k in hist_keys}
+
+
 def judge_resume_state(out: Path, resume: bool, kind: str, key: str, cfg: dict, same_flags: str
                        ) -> tuple[dict, dict] | None:
     """(weights, training state) of the unfinished judge run (embedder or scorer) in ``out`` when

@@ -91,7 +91,7 @@ def train_scorer(pieces: list[dict], tok, cfg: ScorerConfig, *, steps: int, minu
     non-finite loss stops with a one-line error (the last checkpoint is kept)."""
     from divcfg.models.base import check_device
     from divcfg.pretrain import autocast_bf16
-    from divcfg.stages import TimeCap, cosine_lr, non_finite_error
+    from divcfg.stages import TimeCap, cosine_lr, non_finite_error, restore_training
     dev = check_device(device)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -99,16 +99,11 @@ def train_scorer(pieces: list[dict], tok, cfg: ScorerConfig, *, steps: int, minu
     t_text = time.time()
     cap_rows, cap_emb, _ = caption_embeddings(pieces, progress, data_dir)
     t_text = time.time() - t_text
-    hist: dict = {"loss": []}
-    step, elapsed, saved_step = 0, 0.0, None
-    if resume_from is not None:
-        weights, state = resume_from
-        scorer.load_state_dict(weights)
-        step, elapsed, saved_step = int(state["step"]), float(state["elapsed"]), int(state["step"])
-        print(f"resuming from step {step} ({elapsed / 60:.1f} min done)")
-        torch.set_rng_state(state["torch_rng"])
+    def load_sampler_state(state: dict) -> None:
         rng.bit_generator.state = json.loads(state["sampler_rng"])
-        hist = {"loss": list(state["loss"])}
+
+    step, elapsed, hist = restore_training(scorer, resume_from, load_sampler_state, ("loss",))
+    saved_step = step if resume_from is not None else None
     scorer.to(dev)
     cap_emb = cap_emb.to(dev)
     params = [p for n, p in scorer.named_parameters()]

@@ -49,7 +49,7 @@ def fit_contrastive(E: torch.nn.Module, sampler, *, name: str, steps: int, minut
     numpy Generator, as ``sampler_rng``). Returns (E in eval mode, history: loss, acc, steps,
     seconds, cpu_seconds, cut_short, training_state)."""
     from divcfg.models.base import check_device
-    from divcfg.stages import TimeCap, cosine_lr, non_finite_error
+    from divcfg.stages import TimeCap, cosine_lr, non_finite_error, restore_training
     if sampler_state is None:
         def sampler_state() -> dict:
             return {"sampler_rng": json.dumps(sampler.rng.bit_generator.state)}
@@ -58,16 +58,8 @@ def fit_contrastive(E: torch.nn.Module, sampler, *, name: str, steps: int, minut
             sampler.rng.bit_generator.state = json.loads(state["sampler_rng"])
     dev = check_device(device)
     opt = torch.optim.AdamW(E.parameters(), lr=lr, weight_decay=0.05)
-    hist: dict = {"loss": [], "acc": []}
-    step, elapsed, saved_step = 0, 0.0, None
-    if resume_from is not None:
-        weights, state = resume_from
-        E.load_state_dict(weights)
-        step, elapsed, saved_step = int(state["step"]), float(state["elapsed"]), int(state["step"])
-        print(f"resuming from step {step} ({elapsed / 60:.1f} min done)")
-        torch.set_rng_state(state["torch_rng"])
-        load_sampler_state(state)
-        hist = {"loss": list(state["loss"]), "acc": list(state["acc"])}
+    step, elapsed, hist = restore_training(E, resume_from, load_sampler_state, ("loss", "acc"))
+    saved_step = step if resume_from is not None else None
     E.to(dev)
     if resume_from is not None:
         opt.load_state_dict(resume_from[1]["optimizer"])
