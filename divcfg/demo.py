@@ -147,8 +147,7 @@ def student_dir(root: Path, beta: float, seed: int, form: str = "additive", grou
     student of another recipe)."""
     name = f"ft_beta{beta:g}"
     if beta > 0:
-        name += ("_mult" if form == "multiplicative" else "") + (f"_g{group}" if group != 2 else "") \
-            + ("_fkl" if divergence == "forward_kl" else "")
+        name += ("_mult" if form == "multiplicative" else "") + Candidate(form, beta, group, divergence).modifiers
     return root / (name if seed == 0 else f"{name}_s{seed}")
 
 

@@ -42,10 +42,14 @@ class Candidate:
     divergence: str = "reverse_kl"
 
     @property
-    def name(self) -> str:
+    def modifiers(self) -> str:
+        """The item's modifiers as a name suffix: ``_g4_fkl``, empty for G=2 and reverse KL."""
         mods = {v: k for k, v in DIVERGENCE_MODIFIERS.items()}
-        return (f"{FORMS[self.form]}_b{self.beta:g}" + (f"_g{self.group}" if self.group != 2 else "")
-                + (f"_{mods[self.divergence]}" if self.divergence in mods else ""))
+        return (f"_g{self.group}" if self.group != 2 else "") + (f"_{mods[self.divergence]}" if self.divergence in mods else "")
+
+    @property
+    def name(self) -> str:
+        return f"{FORMS[self.form]}_b{self.beta:g}{self.modifiers}"
 
     @property
     def label(self) -> str:
@@ -64,7 +68,8 @@ def parse_candidates(text: str, flag: str = "--candidates") -> list[Candidate]:
     modifiers: ``gG`` (G generations per prompt) and ``fkl`` (forward KL to the teacher)."""
     out = []
     for item in (x.strip() for x in text.split(",") if x.strip()):
-        form, beta, *mods = item.split(":") + ([] if ":" in item else [""])
+        form, _, rest = item.partition(":")
+        beta, *mods = rest.split(":")
         group, divergence, ok = 2, "reverse_kl", form in FORMS
         try:
             b = float(beta)

@@ -174,13 +174,15 @@ def non_finite_error(stage: str, loss: float, step: int, out, saved_step: int | 
                      f"(with --resume to continue)")
 
 
-def restore_training(model, resume_from, load_sampler_state, hist_keys: tuple[str, ...]) -> tuple[int, float, dict]:
-    """A judge trainer's start: ``(step, elapsed, hist)``, zero and empty lists for a new run, or, with
-    ``resume_from = (weights, training_state)``, the checkpoint's weights loaded into ``model``, the torch
-    RNG and the sampler's state (``load_sampler_state(state)``) restored, and its step, training seconds
-    and history lists ``hist_keys``. The optimizer is restored by the caller once it exists."""
+def restore_training(model, resume_from, load_sampler_state,
+                     hist_keys: tuple[str, ...]) -> tuple[int, float, int | None, dict]:
+    """A judge trainer's start: ``(step, elapsed, saved_step, hist)``, zero, no saved step and empty
+    lists for a new run, or, with ``resume_from = (weights, training_state)``, the checkpoint's weights
+    loaded into ``model``, the torch RNG and the sampler's state (``load_sampler_state(state)``)
+    restored, and its step (also the last saved one), training seconds and history lists
+    ``hist_keys``. The optimizer is restored by the caller once it exists."""
     if resume_from is None:
-        return 0, 0.0, {k: [] for k in hist_keys}
+        return 0, 0.0, None, {k: [] for k in hist_keys}
     import torch
     weights, state = resume_from
     model.load_state_dict(weights)
@@ -188,7 +190,7 @@ def restore_training(model, resume_from, load_sampler_state, hist_keys: tuple[st
     print(f"resuming from step {step} ({elapsed / 60:.1f} min done)")
     torch.set_rng_state(state["torch_rng"])
     load_sampler_state(state)
-    return step, elapsed, {k: list(state[k]) for k in hist_keys}
+    return step, elapsed, step, {k: list(state[k]) for k in hist_keys}
 
 
 def judge_resume_state(out: Path, resume: bool, kind: str, key: str, cfg: dict, same_flags: str

@@ -102,8 +102,7 @@ def train_scorer(pieces: list[dict], tok, cfg: ScorerConfig, *, steps: int, minu
     def load_sampler_state(state: dict) -> None:
         rng.bit_generator.state = json.loads(state["sampler_rng"])
 
-    step, elapsed, hist = restore_training(scorer, resume_from, load_sampler_state, ("loss",))
-    saved_step = step if resume_from is not None else None
+    step, elapsed, saved_step, hist = restore_training(scorer, resume_from, load_sampler_state, ("loss",))
     scorer.to(dev)
     cap_emb = cap_emb.to(dev)
     params = [p for n, p in scorer.named_parameters()]

@@ -58,8 +58,7 @@ def fit_contrastive(E: torch.nn.Module, sampler, *, name: str, steps: int, minut
             sampler.rng.bit_generator.state = json.loads(state["sampler_rng"])
     dev = check_device(device)
     opt = torch.optim.AdamW(E.parameters(), lr=lr, weight_decay=0.05)
-    step, elapsed, hist = restore_training(E, resume_from, load_sampler_state, ("loss", "acc"))
-    saved_step = step if resume_from is not None else None
+    step, elapsed, saved_step, hist = restore_training(E, resume_from, load_sampler_state, ("loss", "acc"))
     E.to(dev)
     if resume_from is not None:
         opt.load_state_dict(resume_from[1]["optimizer"])
