@@ -135,7 +135,7 @@ def main() -> None:
                "--data-dir", str(data_dir), "--gamma", str(args.gamma), "--prompts", str(args.prompts),
                "--max-new-tokens", str(args.max_new_tokens), "--steps", str(args.steps), "--warmup",
                str(args.warmup), "--threads", str(args.threads)] + (["--reference-sampler"] if ref else [])
-        out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))})
         line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
         if line is None:
             sys.exit(f"error: the {label} run failed: {out.stderr.strip().splitlines()[-1] if out.stderr else '?'}")
