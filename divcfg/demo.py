@@ -50,6 +50,7 @@ class DemoPreset:
     group_size: int = 2             # the diversity student's generations per prompt (≥3: leave-one-out baseline,
                                     # 16/G prompts per step: divcfg.selection.group_flags)
     divergence: str = "reverse_kl"  # the diversity student's divergence to the teacher (β=0: always reverse KL)
+    teacher_gamma: float | None = None  # the diversity student's CFG teacher γ (None: γ*; β=0 always distils γ*)
     seeds: tuple[int, ...] = (0,)   # the students' training seeds (--seeds overrides)
     threads: int = 2
     shipped: bool = False   # base, E and scorer from divcfg.pretrained (the three stages above: --from-scratch)
@@ -136,18 +137,18 @@ def choose_gamma(results_file: Path) -> tuple[float, dict[float, float]]:
 
 def diversity_recipe(p: DemoPreset) -> Candidate:
     """The preset's diversity student as a `divcfg select` candidate (its flags and folder suffix)."""
-    return Candidate(p.reward_form, p.beta, p.group_size, p.divergence)
+    return Candidate(p.reward_form, p.beta, p.group_size, p.divergence, p.teacher_gamma)
 
 
 def student_dir(root: Path, beta: float, seed: int, form: str = "additive", group: int = 2,
-                divergence: str = "reverse_kl") -> Path:
+                divergence: str = "reverse_kl", teacher_gamma: float | None = None) -> Path:
     """A student's folder: ``ft_beta{β}`` for seed 0 (as a single-seed demo writes it), ``ft_beta{β}_s{seed}``;
     a diversity student of another recipe than the paper's (additive, G=2, reverse KL) carries its
-    suffixes, e.g. ``ft_beta5_mult``, ``ft_beta5_g4_fkl_s1`` (never mistaken for a cached
+    suffixes, e.g. ``ft_beta5_mult``, ``ft_beta5_g4_fkl_t3_s1`` (never mistaken for a cached
     student of another recipe)."""
     name = f"ft_beta{beta:g}"
     if beta > 0:
-        name += ("_mult" if form == "multiplicative" else "") + Candidate(form, beta, group, divergence).modifiers
+        name += ("_mult" if form == "multiplicative" else "") + Candidate(form, beta, group, divergence, teacher_gamma).modifiers
     return root / (name if seed == 0 else f"{name}_s{seed}")
 
 
@@ -159,9 +160,10 @@ def run_demo(preset: str = "demo", root: str | None = None, data_root: str = "da
         from divcfg.selection import parse_candidates
         cands = parse_candidates(recipe, "--recipe")
         if len(cands) != 1:
-            raise UserError(f"--recipe takes one form:β[:gG][:fkl] item, e.g. additive:5:g4:fkl: got {recipe!r}")
+            raise UserError(f"--recipe takes one form:β[:gG][:fkl][:tγ] item, e.g. additive:5:g4:fkl: got {recipe!r}")
         c = cands[0]
-        p = dataclasses.replace(p, reward_form=c.form, beta=c.beta, group_size=c.group, divergence=c.divergence)
+        p = dataclasses.replace(p, reward_form=c.form, beta=c.beta, group_size=c.group, divergence=c.divergence,
+                                teacher_gamma=c.teacher_gamma)
     seeds = tuple(seeds) if seeds else p.seeds
     if beta is not None:
         if beta <= 0:
@@ -237,18 +239,19 @@ def run_demo(preset: str = "demo", root: str | None = None, data_root: str = "da
     students = {"quality": [], "diversity": []}   # one β=0 and one β>0 student per seed
     for seed, (role, name, beta) in ((s, x) for s in seeds for x in (("quality", "finetune_beta0", 0.0),
                                                                       ("diversity", "finetune_beta", p.beta))):
-        out = student_dir(root_dir, beta, seed, p.reward_form, p.group_size, p.divergence)
+        out = student_dir(root_dir, beta, seed, p.reward_form, p.group_size, p.divergence, p.teacher_gamma)
         students[role].append(str(out))
         stage(name if seed == 0 else f"{name}_s{seed}", _finished(out),
               lambda beta=beta, out=out, seed=seed: ["finetune", *_flags(p.finetune), "--base", str(ck["base"]),
-                                                     "--gamma", f"{gamma:g}", "--beta", f"{beta:g}",
+                                                     "--gamma", f"{diversity_recipe(p).gamma(gamma) if beta > 0 else gamma:g}",
+                                                     "--beta", f"{beta:g}",
                                                      *(diversity_recipe(p).flags() if beta > 0 else []),
                                                      "--seed", str(seed), "--embedder", str(ck["embedder"]),
                                                      "--scorer", str(ck["scorer"]), "--data-dir", str(data_dir),
                                                      "--out", str(out), "--resume", *threads], out)
     record["student_seeds"] = list(seeds)
     record["diversity_recipe"] = {"form": p.reward_form, "beta": p.beta, "group_size": p.group_size,
-                                  "divergence": p.divergence}
+                                  "divergence": p.divergence, "teacher_gamma": diversity_recipe(p).gamma(gamma)}
     stage("evaluate", _evaluated(ck["eval"], students),
           lambda: ["evaluate", *_flags(p.evaluate), "--base", str(ck["base"]),
                    "--quality", ",".join(students["quality"]), "--diversity", ",".join(students["diversity"]),
@@ -277,7 +280,7 @@ def add_arguments(parser) -> None:
                         help="β of the diversity student (default: the preset's, 5; on the small testbed β=5 kept the "
                              "requested meter where the paper's β=15 did not, see README Results)")
     parser.add_argument("--recipe", default=None,
-                        help="the diversity student's recipe in `divcfg select`'s syntax, form:β[:gG][:fkl] (e.g. "
+                        help="the diversity student's recipe in `divcfg select`'s syntax, form:β[:gG][:fkl][:tγ] (e.g. "
                              "additive:5:g4:fkl; default: the preset's, additive:5); --beta then overrides its β")
     parser.add_argument("--from-scratch", action="store_true",
                         help="train the base, E and the scorer instead of installing the shipped checkpoints "

@@ -1,9 +1,10 @@
 """`divcfg select`: choose the diversity student's reward form and β on *validation* prompts.
 
 Each candidate ``form:β`` (``additive:5``, ``multiplicative:10``; ``divcfg.rewards``), optionally
-with modifiers ``form:β:gG:fkl`` (``gG``: G generations per prompt with the leave-one-out pair
+with modifiers ``form:β:gG:fkl:tγ`` (``gG``: G generations per prompt with the leave-one-out pair
 baseline and ``16/G`` prompts per step, i.e. the same 16 samples per step as the paper's G=2 with 8
-prompts; ``fkl``: the forward KL(teacher ‖ student) instead of the paper's reverse KL), is
+prompts; ``fkl``: the forward KL(teacher ‖ student) instead of the paper's reverse KL; ``tγ``: the
+CFG teacher at γ instead of the demo's γ*, e.g. ``t3``), is
 trained exactly as ``divcfg demo`` trains its diversity student: the preset's fine-tuning flags, the demo's
 shipped base and judges, its γ* (chosen on validation prompts by the demo's gamma stage), student
 seed ``--seed``. Each is then evaluated with the base (and the demo's β=0 student, for reference) on
@@ -40,12 +41,14 @@ class Candidate:
     beta: float
     group: int = 2
     divergence: str = "reverse_kl"
+    teacher_gamma: float | None = None   # the CFG teacher's γ; None: the demo's γ* (chosen on validation)
 
     @property
     def modifiers(self) -> str:
-        """The item's modifiers as a name suffix: ``_g4_fkl``, empty for G=2 and reverse KL."""
+        """The item's modifiers as a name suffix: ``_g4_fkl_t3``, empty for G=2, reverse KL and γ*."""
         mods = {v: k for k, v in DIVERGENCE_MODIFIERS.items()}
-        return (f"_g{self.group}" if self.group != 2 else "") + (f"_{mods[self.divergence]}" if self.divergence in mods else "")
+        return (f"_g{self.group}" if self.group != 2 else "") + (f"_{mods[self.divergence]}" if self.divergence in mods else "") \
+            + (f"_t{self.teacher_gamma:g}" if self.teacher_gamma is not None else "")
 
     @property
     def name(self) -> str:
@@ -54,8 +57,13 @@ class Candidate:
     @property
     def label(self) -> str:
         extra = ([f"G={self.group}"] if self.group != 2 else []) + \
-            (["forward KL"] if self.divergence == "forward_kl" else [])
+            (["forward KL"] if self.divergence == "forward_kl" else []) + \
+            ([f"teacher γ={self.teacher_gamma:g}"] if self.teacher_gamma is not None else [])
         return f"{self.form} β={self.beta:g}" + (f", {', '.join(extra)}" if extra else "")
+
+    def gamma(self, gamma_star: float) -> float:
+        """The teacher's γ for this recipe: its own, else the demo's γ*."""
+        return gamma_star if self.teacher_gamma is None else self.teacher_gamma
 
     def flags(self) -> list[str]:
         """``divcfg finetune`` flags of the recipe (besides ``--beta``)."""
@@ -64,33 +72,41 @@ class Candidate:
 
 
 def parse_candidates(text: str, flag: str = "--candidates") -> list[Candidate]:
-    """``additive:5,multiplicative:10,additive:5:g4:fkl`` → candidates; after ``form:β`` come optional
-    modifiers: ``gG`` (G generations per prompt) and ``fkl`` (forward KL to the teacher)."""
+    """``additive:5,multiplicative:10,additive:5:g4:fkl:t3`` → candidates; after ``form:β`` come optional
+    modifiers: ``gG`` (G generations per prompt), ``fkl`` (forward KL to the teacher) and ``tγ``
+    (the CFG teacher at γ ≥ 1 instead of the demo's γ*)."""
     out = []
     for item in (x.strip() for x in text.split(",") if x.strip()):
         form, _, rest = item.partition(":")
         beta, *mods = rest.split(":")
-        group, divergence, ok = 2, "reverse_kl", form in FORMS
-        try:
-            b = float(beta)
-        except ValueError:
-            b = float("nan")
+        group, divergence, teacher, ok = 2, "reverse_kl", None, form in FORMS
+        b = _number(beta)
+        b = float("nan") if b is None else b
         for m in mods:
             if m in DIVERGENCE_MODIFIERS:
                 divergence = DIVERGENCE_MODIFIERS[m]
             elif m[:1] == "g" and m[1:].isdigit():
                 group = int(m[1:])
+            elif m[:1] == "t" and 1 <= (_number(m[1:]) or 0) < float("inf"):
+                teacher = _number(m[1:])
             else:
                 ok = False
         if not ok or not b > 0 or b == float("inf") or not 2 <= group <= SAMPLES_PER_STEP // 2 \
                 or SAMPLES_PER_STEP % group:
-            raise UserError(f"{flag} takes form:β[:gG][:fkl] items with form in {', '.join(FORMS)}, β > 0, "
-                            f"G in 2, 4, 8 (generations per prompt) and fkl for a forward-KL student, e.g. "
-                            f"additive:5,additive:5:g4:fkl: got {item!r}")
-        out.append(Candidate(form, b, group, divergence))
+            raise UserError(f"{flag} takes form:β[:gG][:fkl][:tγ] items with form in {', '.join(FORMS)}, β > 0, "
+                            f"G in 2, 4, 8 (generations per prompt), fkl for a forward-KL student and tγ for a "
+                            f"CFG teacher at γ ≥ 1, e.g. additive:5,additive:5:g4:fkl:t3: got {item!r}")
+        out.append(Candidate(form, b, group, divergence, teacher))
     if not out:
         raise UserError(f"{flag} is empty: pass e.g. additive:5,multiplicative:10")
     return out
+
+
+def _number(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
 
 
 def group_flags(group: int) -> list[str]:
@@ -156,7 +172,7 @@ def run_selection(preset: str, demo_root: str, candidates: list[tuple[str, float
         sdir, edir = out_dir / name, out_dir / f"eval_{name}"
         if not is_finished(sdir):
             print(f"training candidate {name} …", flush=True)
-            run_command(["finetune", *_flags(p.finetune), "--base", str(ck["base"]), "--gamma", f"{gamma:g}",
+            run_command(["finetune", *_flags(p.finetune), "--base", str(ck["base"]), "--gamma", f"{cand.gamma(gamma):g}",
                          "--beta", f"{cand.beta:g}", *cand.flags(), "--seed", str(seed),
                          "--embedder", str(ck["embedder"]), "--scorer", str(ck["scorer"]),
                          "--data-dir", str(data_dir), "--out", str(sdir), "--resume", "--threads", str(threads),
@@ -167,7 +183,7 @@ def run_selection(preset: str, demo_root: str, candidates: list[tuple[str, float
             # reference run's base, at half the cost of re-sampling the base
             run_command(["evaluate", *common_eval, "--base", str(sdir / "checkpoint"), "--out", str(edir)])
         rows[name] = {"form": cand.form, "beta": cand.beta, "group_size": cand.group, "divergence": cand.divergence,
-                      "label": cand.label, **_row(edir / "results.json", "base")}
+                      "teacher_gamma": cand.gamma(gamma), "label": cand.label, **_row(edir / "results.json", "base")}
     chosen, why = choose(rows)
     result = {"preset": preset, "gamma_star": gamma, "seed": seed, "split": "val", "num_prompts": num_prompts,
               "generations": generations, "rule": "argmax validation diversity s.t. validation quality ≥ base's",
@@ -198,8 +214,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--preset", choices=sorted(PRESETS), default="demo", help="the demo preset whose students are compared")
     parser.add_argument("--demo-root", default=None, help="the demo's run folder (default runs/<preset>): its γ* and checkpoints")
     parser.add_argument("--candidates", default="additive:2,additive:5,multiplicative:5,multiplicative:10,multiplicative:20",
-                        help="form:β[:gG][:fkl] items (form: additive or multiplicative; gG: G generations per "
-                        "prompt, leave-one-out baseline, 16/G prompts per step; fkl: forward KL to the teacher)")
+                        help="form:β[:gG][:fkl][:tγ] items (form: additive or multiplicative; gG: G generations per "
+                        "prompt, leave-one-out baseline, 16/G prompts per step; fkl: forward KL to the teacher; "
+                        "tγ: the CFG teacher at γ instead of the demo's γ*)")
     parser.add_argument("--out", default="runs/select", help="folder for the candidates, their evaluations and the table")
     parser.add_argument("--seed", type=arg_type(int, ge=0), default=0, help="the candidates' training seed")
     parser.add_argument("--num-prompts", type=arg_type(int, ge=1), default=48, help="validation prompts")

@@ -23,8 +23,18 @@ def test_candidates_parse_with_optional_modifiers():
     assert Candidate("additive", 5.0).flags() == ["--reward-form", "additive"]   # the paper's recipe: no extras
 
 
+def test_a_teacher_gamma_modifier_changes_the_teacher_and_the_name_only():
+    c = parse_candidates("additive:5:g4:fkl:t3")[0]
+    assert c == Candidate("additive", 5.0, 4, "forward_kl", 3.0) and c.name == "add_b5_g4_fkl_t3"
+    assert c.gamma(1.5) == 3.0 and Candidate("additive", 5.0).gamma(1.5) == 1.5     # None: the demo's γ*
+    assert c.flags() == Candidate("additive", 5.0, 4, "forward_kl").flags()         # γ goes to --gamma, not flags
+    assert parse_candidates("additive:5:t2.5")[0].name == "add_b5_t2.5"
+    assert "teacher γ=3" in c.label
+
+
 @pytest.mark.parametrize("bad", ["", "additive", "additive:0", "additive:inf", "additive:5:4", "additive:5:g3",
-                                 "additive:5:g16", "additive:5:gx", "additive:5:kl", "sum:5"])
+                                 "additive:5:g16", "additive:5:gx", "additive:5:kl", "sum:5",
+                                 "additive:5:t0.5", "additive:5:tx", "additive:5:tinf", "additive:5:t"])
 def test_bad_candidates_get_one_line_errors(bad):
     with pytest.raises(UserError) as e:
         parse_candidates(bad)
@@ -52,8 +62,9 @@ def test_the_rule_takes_the_most_diverse_candidate_that_keeps_the_base_quality()
 
 def test_student_folders_name_their_recipe():
     root = Path("r")
-    names = [student_dir(root, b, s, f, g, d).name for b in (0.0, 5.0) for s in (0, 1)
-             for f in ("additive", "multiplicative") for g in (2, 4) for d in ("reverse_kl", "forward_kl")]
+    names = [student_dir(root, b, s, f, g, d, t).name for b in (0.0, 5.0) for s in (0, 1)
+             for f in ("additive", "multiplicative") for g in (2, 4) for d in ("reverse_kl", "forward_kl")
+             for t in (None, 3.0)]
     assert {"ft_beta0", "ft_beta0_s1", "ft_beta5", "ft_beta5_s1", "ft_beta5_mult", "ft_beta5_g4",
-            "ft_beta5_mult_g4_s1", "ft_beta5_fkl", "ft_beta5_mult_g4_fkl_s1"} <= set(names)
-    assert len(set(names)) == 2 + 2 * 8   # β=0 (two seeds) is one recipe; every β>0 recipe has its own folder
+            "ft_beta5_mult_g4_s1", "ft_beta5_fkl", "ft_beta5_mult_g4_fkl_s1", "ft_beta5_g4_fkl_t3"} <= set(names)
+    assert len(set(names)) == 2 + 2 * 16   # β=0 (two seeds) is one recipe; every β>0 recipe has its own folder
