@@ -32,6 +32,10 @@ VARIANTS = {
     "β=5, G=4 LOO, forward KL, 120 steps": ("runs/long/diag_fkl_g4", "runs/long/eval_diag_fkl_g4@120/results.json"),
     "β=2, G=4 LOO, forward KL, 120 steps": ("runs/long/fkl_b2_g4", "runs/long/eval_fkl_b2_g4@120/results.json"),
     "β=0, G=4, forward KL, 120 steps (control)": ("runs/long/fkl_b0_g4", "runs/long/eval_fkl_b0_g4@120/results.json"),
+    "β=5, G=2, teacher γ=2": ("runs/select/add_b5_t2", "runs/select/eval_add_b5_t2/results.json"),
+    "β=5, G=2, teacher γ=3": ("runs/select/add_b5_t3", "runs/select/eval_add_b5_t3/results.json"),
+    "β=5, G=4 LOO, forward KL, teacher γ=2": ("runs/select/add_b5_g4_fkl_t2", "runs/select/eval_add_b5_g4_fkl_t2/results.json"),
+    "β=5, G=4 LOO, forward KL, teacher γ=3": ("runs/select/add_b5_g4_fkl_t3", "runs/select/eval_add_b5_g4_fkl_t3/results.json"),
 }
 # the 240-step runs continue the 120-step ones (same run folder copied, then resumed): plot each once
 PREFIX_OF = {"β=5, G=2 (demo), 120 steps": "β=5, G=2, 240 steps", "β=5, G=4 LOO, 120 steps": "β=5, G=4 LOO, 240 steps"}
@@ -67,15 +71,18 @@ def plot_curves(out: Path, window: int = 20) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, len(CURVES), figsize=(4.2 * len(CURVES), 4.4))
+    colours = iter(plt.get_cmap("tab20").colors)            # 15 variants: tab10 would repeat colours
     for label, (run, _) in VARIANTS.items():
         if label in PREFIX_OF:
             continue
+        colour = next(colours)
         rows = [r for r in map(json.loads, (ROOT / run / "metrics.jsonl").read_text().splitlines()) if "kl/teacher" in r]
         steps = np.array([r["step"] for r in rows])
         for ax, key in zip(axes, CURVES):
             y = np.array([r[key] for r in rows], np.float64)
             smooth = np.convolve(y, np.ones(window) / window, mode="valid")
-            ax.plot(steps[window - 1:], smooth, label=label, lw=1.4)
+            ax.plot(steps[window - 1:], smooth, label=label, lw=1.4, color=colour,
+                    ls="--" if "teacher γ" in label else "-")
     for ax, key in zip(axes, CURVES):
         ax.set_title(f"{key} ({window}-step mean)", fontsize=9)
         ax.set_xlabel("step")
