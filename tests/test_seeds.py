@@ -85,6 +85,8 @@ def test_per_seed_and_aggregate_rows(seeded_run, capsys):
         assert by[f"distilled_s{s}"]["quality"] == sub_by["distilled"]["quality"]
         assert str(Path(st["quality"]).resolve()) == sub_by["distilled"]["checkpoint"]
         assert sub_by["base"]["per_prompt"] == by["base"]["per_prompt"]  # common random numbers across seeds
+        # the base is sampled in the first pass only; later passes reuse its row and samples
+        assert sub_by["base"].get("reused_from_earlier_pass", False) == (s != "3")
     assert by["distilled_s3"]["per_prompt"] != by["distilled_s7"]["per_prompt"]
     # a merge is formed within each seed's pair
     sub7 = json.loads((out / "seed_7" / "results.json").read_text())

@@ -118,14 +118,19 @@ def write_outputs(out: Path, results: dict, samples: list[dict], columns: tuple[
     (out / "samples.jsonl.tmp").replace(out / "samples.jsonl")
 
 
-def evaluate(cfg: EvalConfig) -> dict:
+def evaluate(cfg: EvalConfig, base_memo: dict | None = None) -> dict:
     """Run the evaluation described by ``cfg``; writes ``cfg.out`` and returns ``results.json``'s dict.
-    ``cfg.threads`` applies while it runs; the caller's torch thread count is restored afterwards."""
+    ``cfg.threads`` applies while it runs; the caller's torch thread count is restored afterwards.
+
+    ``base_memo``: a dict shared by runs that differ only in their students (one per seed pair). The
+    first run stores the base's row and samples in it and later runs reuse them instead of sampling
+    the base again: every system samples with its own ``Generator().manual_seed(cfg.seed)``, so a
+    second pass would reproduce them exactly."""
     threads_before = torch.get_num_threads()
     try:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        return _evaluate(cfg)
+        return _evaluate(cfg, base_memo)
     finally:
         torch.set_num_threads(threads_before)
 
@@ -135,7 +140,7 @@ def _autocast_ok(cfg: EvalConfig, device: torch.device) -> bool:
     return bool(cfg.bf16) and bf16_supported(device.type)
 
 
-def _evaluate(cfg: EvalConfig) -> dict:
+def _evaluate(cfg: EvalConfig, base_memo: dict | None = None) -> dict:
     from divcfg.domains.base import load_domain
     from divcfg.models.base import check_device
 
@@ -181,6 +186,11 @@ def _evaluate(cfg: EvalConfig) -> dict:
             sampled[system.name] = sampled[twin["name"]]
             bar.update(n_batches)
             continue
+        if base_memo and system is systems[0]:   # the base, as an earlier seed pass sampled and judged it
+            rows_out.append({**base_memo["row"], "reused_from_earlier_pass": True})
+            sampled[system.name], reference, done[sig] = base_memo["sampled"], base_memo["reference"], system.name
+            bar.update(n_batches)
+            continue
         t0 = time.time()
         rows = sample_system(gen.model, cond, system, cfg, autocast, bar)
         t1 = time.time()
@@ -194,6 +204,8 @@ def _evaluate(cfg: EvalConfig) -> dict:
                                   domain.summary_extras(judged, reference)))
         sampled[system.name] = {**rows, **judged["per_generation"]}
         done[sig] = system.name
+        if base_memo is not None and system is systems[0]:
+            base_memo.update(row=rows_out[-1], sampled=sampled[system.name], reference=reference)
     bar.close()
 
     fams = families(systems)

@@ -327,13 +327,13 @@ def evaluate_seeds(cfg) -> dict:
         results = evaluate(dataclasses.replace(cfg, **pairs[0]))
     else:
         labels = seed_labels(pairs)
-        runs, dirs = [], []
+        runs, dirs, base_memo = [], [], {}   # the base is sampled once, in the first pass
         for i, (pair, label) in enumerate(zip(pairs, labels)):
             print(f"seed {label} ({i + 1}/{len(pairs)}): students {pair['quality'] or '-'}, {pair['diversity'] or '-'}",
                   flush=True)
             dirs.append(out / f"seed_{label}")
             extra = {} if i == 0 else {"cfg_gammas": "", "temperatures": ""}
-            runs.append(evaluate(dataclasses.replace(cfg, **pair, **extra, out=str(dirs[-1]))))
+            runs.append(evaluate(dataclasses.replace(cfg, **pair, **extra, out=str(dirs[-1])), base_memo))
         results = merge_seed_runs(runs, labels, cfg)
         results["config"] = dataclasses.asdict(cfg)
     results["training_status"] = training_status(cfg)
