@@ -174,36 +174,16 @@ def evaluate(scorer: AlignmentScorer, pieces: list[dict], n_pieces: int = 100, s
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from divcfg.config import arg_type
+    from divcfg.embedders import judge_args
     sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     t = sub.add_parser("train", help="train the scorer on a data cache and print held-out figures")
-    t.add_argument("--data-dir", default="data/small", help="data cache (from `divcfg data`)")
-    t.add_argument("--out", default="runs/small/scorer", help="checkpoint folder to write")
-    t.add_argument("--preset", default="small", choices=sorted(PRESETS), help="named size (tiny: tests)")
-    t.add_argument("--minutes", type=arg_type(float, ge=0),
-                   help="safety cap on training minutes; a run it stops is recorded as cut_short (default: the "
-                        "preset's; 0 = none)")
-    t.add_argument("--steps", type=arg_type(int, ge=1), help="optimiser steps to train (default: the preset's)")
-    t.add_argument("--ckpt-every", type=arg_type(int, ge=1), default=100,
-                   help="checkpoint every N steps (for --resume)")
-    t.add_argument("--resume", action="store_true", help="continue the unfinished run in --out from its checkpoint")
-    t.add_argument("--device", default="cpu", help="torch device (cpu, cuda, ...)")
-    t.add_argument("--batch-size", type=int)
-    t.add_argument("--lr", type=float)
-    t.add_argument("--max-train-pieces", type=arg_type(int, ge=2), help="use a random subset of the training split")
-    t.add_argument("--eval-pieces", type=arg_type(int, ge=2), default=100, help="N held-out candidates")
-    t.add_argument("--threads", type=arg_type(int, ge=1), default=1, help="torch CPU threads (the machine is shared)")
-    t.add_argument("--seed", type=arg_type(int, ge=0), default=0)
-    from divcfg.stages import seed_list
-    t.add_argument("--seeds", type=seed_list, default=None,
-                   help="train one model per seed, e.g. 0,1,2: seed 0 in --out, seed s in <out>_s<s> (overrides --seed)")
+    judge_args.add_train_run(t, out="runs/small/scorer", presets=PRESETS, preset_help="named size (tiny: tests)")
+    t.add_argument("--batch-size", type=arg_type(int, ge=2), help="(caption, piece) pairs per batch")
+    t.add_argument("--lr", type=arg_type(float, gt=0), help="peak AdamW learning rate")
+    judge_args.add_train_seeds(t, eval_help="N held-out candidates", threads=1,
+                               threads_help="torch CPU threads (the machine is shared)")
     e = sub.add_parser("eval", help="held-out recall and AUC of a trained scorer")
-    e.add_argument("--checkpoint", default="runs/small/scorer")
-    e.add_argument("--data-dir", default="data/small")
-    e.add_argument("--split", default="test", choices=["val", "test"])
-    e.add_argument("--eval-pieces", type=arg_type(int, ge=2), default=100)
-    e.add_argument("--threads", type=arg_type(int, ge=1), default=1)
-    e.add_argument("--seed", type=arg_type(int, ge=0), default=0)
-    e.add_argument("--device", default="cpu", help="torch device (cpu, cuda, ...)")
+    judge_args.add_eval(e, checkpoint="runs/small/scorer", threads=1)
 
 
 def _print_eval(r: dict) -> None:

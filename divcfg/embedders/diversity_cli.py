@@ -245,21 +245,12 @@ def train_embedder(train_pieces: list[np.ndarray], cfg: EmbedderConfig, *, augme
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from divcfg.config import arg_type
+    from divcfg.embedders import judge_args
     sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     t = sub.add_parser("train", help="train E on a data cache and print held-out retrieval")
-    t.add_argument("--data-dir", default="data/small", help="data cache (from `divcfg data`)")
-    t.add_argument("--out", default="runs/small/embedder", help="checkpoint folder to write")
-    t.add_argument("--preset", default="small", choices=sorted(PRESETS),
-                   help="named size: tiny (tests, <1 min), small (default, ~15 min on 2 CPU cores), "
-                        "paper (12 layers, 6 heads)")
-    t.add_argument("--minutes", type=arg_type(float, ge=0),
-                   help="safety cap on training minutes; a run it stops is recorded as cut_short (default: the "
-                        "preset's; 0 = none)")
-    t.add_argument("--steps", type=arg_type(int, ge=1), help="optimiser steps to train (default: the preset's)")
-    t.add_argument("--ckpt-every", type=arg_type(int, ge=1), default=100,
-                   help="checkpoint every N steps (for --resume)")
-    t.add_argument("--resume", action="store_true", help="continue the unfinished run in --out from its checkpoint")
-    t.add_argument("--device", default="cpu", help="torch device (cpu, cuda, ...)")
+    judge_args.add_train_run(t, out="runs/small/embedder", presets=PRESETS,
+                             preset_help="named size: tiny (tests, <1 min), small (default, ~15 min on 2 CPU "
+                                         "cores), paper (12 layers, 6 heads)")
     t.add_argument("--batch-size", type=arg_type(int, ge=2), help="pieces per batch (2 views each)")
     t.add_argument("--lr", type=arg_type(float, gt=0), help="peak AdamW learning rate")
     t.add_argument("--tau", type=arg_type(float, gt=0), default=0.1, help="InfoNCE temperature")
@@ -276,22 +267,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--p-insert", type=arg_type(float, ge=0), default=0.05, help="inserted notes per note")
     t.add_argument("--jitter-steps", type=arg_type(float, ge=0), default=0.5, help="onset jitter std in 16th steps")
     t.add_argument("--no-augment", action="store_true", help="train without any augmentation")
-    t.add_argument("--max-train-pieces", type=arg_type(int, ge=2), help="use a random subset of the training split")
-    t.add_argument("--eval-pieces", type=arg_type(int, ge=2), default=100, help="N held-out pieces for retrieval")
-    t.add_argument("--threads", type=arg_type(int, ge=1), default=2,
-                   help="torch CPU threads (on a busy shared machine 1 is often faster)")
-    t.add_argument("--seed", type=arg_type(int, ge=0), default=0)
-    from divcfg.stages import seed_list
-    t.add_argument("--seeds", type=seed_list, default=None,
-                   help="train one model per seed, e.g. 0,1,2: seed 0 in --out, seed s in <out>_s<s> (overrides --seed)")
+    judge_args.add_train_seeds(t, eval_help="N held-out pieces for retrieval", threads=2,
+                               threads_help="torch CPU threads (on a busy shared machine 1 is often faster)")
     e = sub.add_parser("eval", help="held-out retrieval and invariance figures of a trained E")
-    e.add_argument("--checkpoint", default="runs/small/embedder")
-    e.add_argument("--data-dir", default="data/small")
-    e.add_argument("--split", default="test", choices=["val", "test"])
-    e.add_argument("--eval-pieces", type=arg_type(int, ge=2), default=100)
-    e.add_argument("--threads", type=arg_type(int, ge=1), default=2)
-    e.add_argument("--seed", type=arg_type(int, ge=0), default=0)
-    e.add_argument("--device", default="cpu", help="torch device (cpu, cuda, ...)")
+    judge_args.add_eval(e, checkpoint="runs/small/embedder", threads=2)
     from divcfg.embedders.audio_cli import add_audio_arguments
     add_audio_arguments(t, e)
 
