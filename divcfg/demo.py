@@ -32,7 +32,7 @@ from pathlib import Path
 from divcfg.cli import run_command
 from divcfg.errors import UserError
 from divcfg.provenance import provenance, write_json_atomic
-from divcfg.selection import Candidate
+from divcfg.selection import FORMS, Candidate
 from divcfg.stages import is_finished, read_marker
 
 
@@ -148,7 +148,7 @@ def student_dir(root: Path, beta: float, seed: int, form: str = "additive", grou
     student of another recipe)."""
     name = f"ft_beta{beta:g}"
     if beta > 0:
-        name += ("_mult" if form == "multiplicative" else "") + Candidate(form, beta, group, divergence, teacher_gamma).modifiers
+        name += ("" if form == "additive" else f"_{FORMS[form]}") + Candidate(form, beta, group, divergence, teacher_gamma).modifiers
     return root / (name if seed == 0 else f"{name}_s{seed}")
 
 

@@ -12,12 +12,16 @@ completions may earn reward: at least those the judge could embed),
     d_i = mean_{j≠i, same prompt} (1 − cos(e_i, e_j))      (0 for a pair with an unpaid member)
     additive (default):    r_i = d_i + w·q_i               (q: the quality judge, w = --quality-weight)
     multiplicative:        r_i = d_i · clip(q_i, 0, 1) + w·q_i
+    length:                r_i = d_i · min(1, L_i / L_ref) + w·q_i
 
 ``w = 0`` with the additive form (the default) is the paper's diversity-only reward. The
 multiplicative form is DARLING's (Li et al., 2025) idea for our judges: diversity pays only in
 proportion to how well the generation matches its prompt (the music scorer's cosine, clipped at 0,
 so an off-prompt or undecodable generation earns no diversity at all), which removes the cheap way
-of buying diversity by leaving the prompt behind. ``advantages`` subtracts the baseline
+of buying diversity by leaving the prompt behind. The length form closes the other cheap way,
+shortening: ``L_i`` is the generation's length in tokens and ``L_ref`` the mean length of the first
+step's samples (the starting policy's, kept with the checkpoint), so a generation shorter than the
+start's mean earns its diversity only in proportion. ``advantages`` subtracts the baseline
 of ``divcfg.objectives.RewardBaseline``; for ``loo`` the quality part gets its own leave-one-out
 baseline ``w·mean_{j≠i} q_j`` (independent of y_i, so the estimate stays unbiased).
 
@@ -66,20 +70,21 @@ class StepRewards:
         out = {"reward/diversity/mean": float(self.diversity.mean()), "reward/diversity/std": float(self.diversity.std()),
                "reward/empty_rate": float((~self.embedded).float().mean()),
                "reward/unpaid_rate": float((~self.paid).float().mean()),
-               "advantage/abs_mean": float(adv.abs().mean())}
+               "advantage/abs_mean": float(adv.abs().mean()), "reward/mean": float(self.rewards.mean())}
         if self.quality is not None:
             out["reward/quality/mean"] = float(self.quality.mean())
-            out["reward/mean"] = float(self.rewards.mean())
         return out
 
 
-REWARD_FORMS = ("additive", "multiplicative")
+REWARD_FORMS = ("additive", "multiplicative", "length")
 
 
 def step_rewards(diversity_judge, completions: list, G: int, gate: Callable[[torch.Tensor], torch.Tensor],
                  quality_judge=None, prompts: Sequence[str] | None = None, quality_weight: float = 0.0,
-                 form: str = "additive") -> StepRewards:
-    """The rewards of one step's P·G completions (``gate(embedded) -> paid``)."""
+                 form: str = "additive", lengths: torch.Tensor | None = None,
+                 length_ref: float | None = None) -> StepRewards:
+    """The rewards of one step's P·G completions (``gate(embedded) -> paid``); the length form needs
+    ``lengths`` (P·G,) and ``length_ref`` > 0."""
     if form not in REWARD_FORMS:
         raise UserError(f"--reward-form must be one of {', '.join(REWARD_FORMS)}, got {form!r}")
     emb, embedded = diversity_judge.embed_with_mask(completions)
@@ -87,6 +92,10 @@ def step_rewards(diversity_judge, completions: list, G: int, gate: Callable[[tor
     paid = gate(embedded).cpu()
     d = diversity_rewards(emb, G, paid)
     r, q = d, None
+    if form == "length":
+        if lengths is None or not length_ref or length_ref <= 0:
+            raise ValueError("the length reward form needs the completions' lengths and a reference length > 0")
+        r = d * (lengths.float().cpu() / length_ref).clamp(max=1.0).view_as(d)
     if quality_weight > 0 or form == "multiplicative":
         if quality_judge is None or prompts is None:
             raise UserError(f"{'--reward-form multiplicative' if form == 'multiplicative' else '--quality-weight > 0'}"

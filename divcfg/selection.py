@@ -1,6 +1,6 @@
 """`divcfg select`: choose the diversity student's reward form and β on *validation* prompts.
 
-Each candidate ``form:β`` (``additive:5``, ``multiplicative:10``; ``divcfg.rewards``), optionally
+Each candidate ``form:β`` (``additive:5``, ``multiplicative:10``, ``length:5``; ``divcfg.rewards``), optionally
 with modifiers ``form:β:gG:fkl:tγ`` (``gG``: G generations per prompt with the leave-one-out pair
 baseline and ``16/G`` prompts per step, i.e. the same 16 samples per step as the paper's G=2 with 8
 prompts; ``fkl``: the forward KL(teacher ‖ student) instead of the paper's reverse KL; ``tγ``: the
@@ -29,7 +29,7 @@ from pathlib import Path
 from divcfg.errors import UserError
 from divcfg.provenance import provenance, write_json_atomic
 
-FORMS = {"additive": "add", "multiplicative": "mult"}
+FORMS = {"additive": "add", "multiplicative": "mult", "length": "len"}
 DIVERGENCE_MODIFIERS = {"fkl": "forward_kl"}   # item modifier → --divergence (default: the paper's reverse KL)
 SAMPLES_PER_STEP = 16  # the demo preset's 8 prompts × 2; a G-sample candidate keeps it: 16/G prompts × G
 
@@ -214,7 +214,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--preset", choices=sorted(PRESETS), default="demo", help="the demo preset whose students are compared")
     parser.add_argument("--demo-root", default=None, help="the demo's run folder (default runs/<preset>): its γ* and checkpoints")
     parser.add_argument("--candidates", default="additive:2,additive:5,multiplicative:5,multiplicative:10,multiplicative:20",
-                        help="form:β[:gG][:fkl][:tγ] items (form: additive or multiplicative; gG: G generations per "
+                        help="form:β[:gG][:fkl][:tγ] items (form: additive, multiplicative or length; gG: G generations per "
                         "prompt, leave-one-out baseline, 16/G prompts per step; fkl: forward KL to the teacher; "
                         "tγ: the CFG teacher at γ instead of the demo's γ*)")
     parser.add_argument("--out", default="runs/select", help="folder for the candidates, their evaluations and the table")

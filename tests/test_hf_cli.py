@@ -245,6 +245,28 @@ def test_user_errors_are_one_line(lm, prompt_file, tmp_path, capsys):
     assert "no prompts" in capsys.readouterr().err
 
 
+def test_length_reward_keeps_its_reference_across_a_resume(lm, prompt_file, tmp_path):
+    """--reward-form length: L_ref is the first step's mean length, stored with the checkpoint, so a run
+    stopped and resumed pays the same rewards as one run straight through."""
+    from divcfg.checkpoint import STATE_FILE, read_training_state
+    common = ("--beta", "1", "--reward-form", "length", "--ckpt-every", "1", "--eval-prompts", "3")
+    assert cli(finetune_args(lm, prompt_file, tmp_path / "straight", *common, "--max-steps", "3")) == 0
+    assert cli(finetune_args(lm, prompt_file, tmp_path / "split", *common, "--max-steps", "1")) == 0
+    assert cli(finetune_args(lm, prompt_file, tmp_path / "split", *common, "--max-steps", "3", "--resume")) == 0
+    rows = [json.loads(line) for line in open(tmp_path / "straight" / "metrics.jsonl") if '"kl/teacher"' in line]
+    for run in ("straight", "split"):
+        state = read_training_state(tmp_path / run / "checkpoint" / STATE_FILE)
+        assert state["length_ref"] == pytest.approx(rows[0]["completions/mean_length"])
+    assert len({r["completions/mean_length"] for r in rows}) > 1     # a later step's mean would differ
+    split = [json.loads(line) for line in open(tmp_path / "split" / "metrics.jsonl") if '"kl/teacher"' in line]
+    assert [r["reward/mean"] for r in split] == pytest.approx([r["reward/mean"] for r in rows])
+    assert all(r["reward/mean"] <= r["reward/diversity/mean"] + 1e-6 for r in rows)   # min(1, L/L_ref) ≤ 1
+    a = AutoModelForCausalLM.from_pretrained(tmp_path / "straight" / "checkpoint").state_dict()
+    b = AutoModelForCausalLM.from_pretrained(tmp_path / "split" / "checkpoint").state_dict()
+    for name in a:
+        assert torch.allclose(a[name], b[name], atol=1e-6), name
+
+
 def test_resume_continues_the_same_run(lm, prompt_file, tmp_path):
     """4 steps straight vs 2 steps, stop, --resume to 4: the same weights (optimizer, RNG streams and
     the baseline restored from training_state.pt beside the save_pretrained folder)."""

@@ -32,6 +32,12 @@ def test_a_teacher_gamma_modifier_changes_the_teacher_and_the_name_only():
     assert "teacher γ=3" in c.label
 
 
+def test_the_length_form_is_a_recipe_with_its_own_folder():
+    c = parse_candidates("length:5")[0]
+    assert c == Candidate("length", 5.0) and c.name == "len_b5" and c.flags() == ["--reward-form", "length"]
+    assert student_dir(Path("r"), 5.0, 1, "length").name == "ft_beta5_len_s1" != student_dir(Path("r"), 5.0, 1).name
+
+
 @pytest.mark.parametrize("bad", ["", "additive", "additive:0", "additive:inf", "additive:5:4", "additive:5:g3",
                                  "additive:5:g16", "additive:5:gx", "additive:5:kl", "sum:5",
                                  "additive:5:t0.5", "additive:5:tx", "additive:5:tinf", "additive:5:t"])

@@ -38,8 +38,10 @@ class FinetuneConfig:
                                   "(0 = the paper's diversity-only reward)", ge=0)
     reward_form: str = field("additive", "how the diversity reward meets quality: 'additive' r = d + w·q (the "
                              "paper's when w = 0); 'multiplicative' r = d·clip(q, 0, 1) + w·q (DARLING-style: "
-                             "diversity pays in proportion to prompt alignment; needs a quality judge)",
-                             choices=("additive", "multiplicative"))
+                             "diversity pays in proportion to prompt alignment; needs a quality judge); 'length' "
+                             "r = d·min(1, L/L_ref) + w·q (L_ref: the first step's mean sample length, so "
+                             "shortening does not buy diversity)",
+                             choices=("additive", "multiplicative", "length"))
     data_dir: str = field("data/small", "data set folder (train captions for training, val for evaluation)")
     out: str = field("runs/small/ft", "run folder (checkpoint/, metrics.jsonl, summary.json)")
     seed: int = field(0, "random seed (prompts, sampling)", ge=0)

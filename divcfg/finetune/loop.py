@@ -57,7 +57,7 @@ def teacher_logprobs(teacher, x, cond, cfg, autocast: bool, restrict: VocabRestr
 
 
 def reward(judges, domain, student, out_s, texts: list[str], infos: list, cfg, baseline: RewardBaseline,
-           device, dp: DataParallel | None = None) -> tuple[torch.Tensor | None, dict]:
+           device, dp: DataParallel | None = None, length_ref: float | None = None) -> tuple[torch.Tensor | None, dict]:
     """Advantages (P, G) of the pairwise diversity reward (+ w·quality), or None without a judge.
     Data parallel: the baseline and the statistics use every rank's rewards (``dp``)."""
     if judges.diversity is None:
@@ -70,7 +70,7 @@ def reward(judges, domain, student, out_s, texts: list[str], infos: list, cfg, b
         return domain.reward_valid(cfg.reward_gate, completions, row_infos, embedded, generator=student)
 
     sr = step_rewards(judges.diversity, completions, G, gate, judges.quality, [t for t in texts for _ in range(G)],
-                      cfg.quality_weight, cfg.reward_form)
+                      cfg.quality_weight, cfg.reward_form, out_s.lengths, length_ref)
     if dp is not None and dp.world > 1:
         sr_all = gather_step_rewards(dp, sr)
         adv_all = advantages(baseline, sr_all, cfg.quality_weight)
@@ -191,7 +191,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
         ts = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "baseline": baseline.state_dict(),
               "step": run.step, "elapsed": run.elapsed, "python_rng": python_rng_state(rng),
               "torch_rng": torch.get_rng_state(), "sample_rng": gen.get_state(), "last_eval": run.last_eval,
-              "first_eval": run.first_eval,
+              "first_eval": run.first_eval, "length_ref": run.length_ref,
               "metrics_bytes": metrics_size(out / "metrics.jsonl") if metrics_bytes is None else metrics_bytes,
               "world_size": dp.world, "rank_rng": rank_rng}
         student.save(ckpt_dir, conf, ts)
@@ -234,7 +234,10 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
         t_sample, t0 = time.time() - t0, time.time()
         teacher_lp = teacher_logprobs(teacher, x, cond, cfg, autocast, restrict)
         t_teacher, t0 = time.time() - t0, time.time()
-        adv, reward_stats = reward(judges, domain, student, out_s, texts, infos, cfg, baseline, device, dp)
+        if cfg.reward_form == "length" and run.length_ref is None:   # the starting policy's mean length
+            run.length_ref = dp.mean_row({"L": float(out_s.lengths.float().mean())})["L"]
+        adv, reward_stats = reward(judges, domain, student, out_s, texts, infos, cfg, baseline, device, dp,
+                                   run.length_ref)
         t_reward, t0 = time.time() - t0, time.time()
         loss, kl, surrogate, student_lp, gnorm = update(student, x, cond, targets, mask, teacher_lp, adv, cfg, opt,
                                                         sched, autocast, restrict, guard, train_model, dp)

@@ -173,6 +173,7 @@ class Progress:
     saved_step: int | None = None
     last_eval: dict = field(default_factory=dict)
     first_eval: dict = field(default_factory=dict)
+    length_ref: float | None = None     # the length reward's L_ref: the first step's mean sample length
 
 
 def restore(state: dict | None, opt, sched, baseline: RewardBaseline, rng: random.Random,
@@ -192,7 +193,8 @@ def restore(state: dict | None, opt, sched, baseline: RewardBaseline, rng: rando
     set_python_rng_state(rng, state["python_rng"])
     torch.set_rng_state(state["torch_rng"])
     gen.set_state(state["sample_rng"].cpu() if torch.is_tensor(state["sample_rng"]) else state["sample_rng"])
-    p = Progress(state["step"], state["elapsed"], state["step"], state.get("last_eval", {}), state.get("first_eval", {}))
+    p = Progress(state["step"], state["elapsed"], state["step"], state.get("last_eval", {}), state.get("first_eval", {}),
+                 state.get("length_ref"))
     if rank == 0:
         print(f"resuming from step {p.step} ({p.elapsed / 60:.1f} min done)")
     return p
