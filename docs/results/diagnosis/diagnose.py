@@ -35,6 +35,9 @@ VARIANTS = {
     "β=5, G=2 (demo), seed 1": ("runs/long/b5_s1", "runs/long/eval_b5_s1/results.json"),
     "β=5, G=2, 32 samples/step, seed 0": ("runs/long/b5_p16_s0", "runs/long/eval_b5_p16_s0/results.json"),
     "β=5, G=2, 32 samples/step, seed 1": ("runs/long/b5_p16_s1", "runs/long/eval_b5_p16_s1/results.json"),
+    "length reward, β=5, G=2": ("runs/select/len_b5", "runs/select/eval_len_b5/results.json"),
+    "length reward, β=10, G=2": ("runs/select/len_b10", "runs/select/eval_len_b10/results.json"),
+    "length reward, β=50, G=4 LOO": ("runs/select/len_b50_g4", "runs/select/eval_len_b50_g4/results.json"),
     "β=5, G=2, teacher γ=2": ("runs/select/add_b5_t2", "runs/select/eval_add_b5_t2/results.json"),
     "β=5, G=2, teacher γ=3": ("runs/select/add_b5_t3", "runs/select/eval_add_b5_t3/results.json"),
     "β=5, G=4 LOO, forward KL, teacher γ=2": ("runs/select/add_b5_g4_fkl_t2", "runs/select/eval_add_b5_g4_fkl_t2/results.json"),
@@ -73,8 +76,8 @@ def plot_curves(out: Path, window: int = 20) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, len(CURVES), figsize=(4.2 * len(CURVES), 4.4))
-    colours = iter(plt.get_cmap("tab20").colors)            # 15 variants: tab10 would repeat colours
+    fig, axes = plt.subplots(1, len(CURVES), figsize=(4.2 * len(CURVES), 5.0))
+    colours = iter(plt.get_cmap("tab20").colors)            # up to 20 curves: tab10 would repeat colours
     for label, (run, _) in VARIANTS.items():
         if label in PREFIX_OF:
             continue
@@ -85,14 +88,14 @@ def plot_curves(out: Path, window: int = 20) -> None:
             y = np.array([r[key] for r in rows], np.float64)
             smooth = np.convolve(y, np.ones(window) / window, mode="valid")
             ax.plot(steps[window - 1:], smooth, label=label, lw=1.4, color=colour,
-                    ls="--" if "teacher γ" in label else "-")
+                    ls="--" if "teacher γ" in label else ":" if "length" in label else "-")
     for ax, key in zip(axes, CURVES):
         ax.set_title(f"{key} ({window}-step mean)", fontsize=9)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0.16, 1, 1))
+    fig.tight_layout(rect=(0, 0.24, 1, 1))
     fig.savefig(out, dpi=110)
 
 
