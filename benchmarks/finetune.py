@@ -31,6 +31,13 @@ KEYS = ("time/sampling", "time/teacher", "time/reward", "time/update", "time/ste
         "completions/mean_length")
 
 
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment of a benchmark's child process: this checkout first on ``PYTHONPATH``, then
+    whatever the caller had there (packages installed beside the checkout, as on a lent GPU machine)."""
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path, **extra}
+
+
 def stand_in_data(work: Path, data_dir: Path) -> Path:
     """The given data set, or the tiny one built into ``work`` when it is missing."""
     if (data_dir / "manifest.json").exists():
@@ -135,7 +142,7 @@ def main() -> None:
                "--data-dir", str(data_dir), "--gamma", str(args.gamma), "--prompts", str(args.prompts),
                "--max-new-tokens", str(args.max_new_tokens), "--steps", str(args.steps), "--warmup",
                str(args.warmup), "--threads", str(args.threads)] + (["--reference-sampler"] if ref else [])
-        out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))})
+        out = subprocess.run(cmd, capture_output=True, text=True, env=child_env())
         line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
         if line is None:
             sys.exit(f"error: the {label} run failed: {out.stderr.strip().splitlines()[-1] if out.stderr else '?'}")

@@ -27,6 +27,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.finetune import child_env  # noqa: E402
+
 CHILD = """
 import json, resource, sys, runpy, torch
 sys.argv = ["divcfg"] + json.loads(sys.argv[1])
@@ -68,7 +70,7 @@ def run_config(name: str, extra: list[str], args, base: Path, data_dir: Path, wo
             "--ckpt-every", "1000", "--threads", str(args.threads), "--device", args.device, "--no-progress", *extra]
     t0 = time.time()
     res = subprocess.run([sys.executable, "-c", CHILD, json.dumps(argv)], cwd=ROOT, capture_output=True, text=True,
-                         env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])), "OMP_NUM_THREADS": str(args.threads)})
+                         env=child_env(OMP_NUM_THREADS=str(args.threads)))
     if res.returncode != 0:
         raise SystemExit(f"{name} failed:\n{res.stderr[-3000:]}")
     peak = [json.loads(line[5:]) for line in res.stdout.splitlines() if line.startswith("PEAK ")][-1]
