@@ -58,6 +58,7 @@ GRAD_WORKER = textwrap.dedent('''
            adv[prows], cfg, opt, sched, False, restrict, lambda *a: None, dp.wrap(model), dp)
     if dp.is_main:
         torch.save({n: p.grad for n, p in model.named_parameters() if p.grad is not None}, sys.argv[1])
+    dp.close()
 ''')
 
 

@@ -74,6 +74,13 @@ class DataParallel:
         if self.acc is not None:
             self.acc.wait_for_everyone()
 
+    def close(self) -> None:
+        """Wait for every rank, then take the process group down. A rank that exits while gloo's
+        threads still run can abort in teardown ("terminate called without an active exception")."""
+        if self.acc is not None and torch.distributed.is_initialized():
+            self.acc.wait_for_everyone()
+            torch.distributed.destroy_process_group()
+
     def sum(self, x: torch.Tensor) -> torch.Tensor:
         if self.acc is None:
             return x

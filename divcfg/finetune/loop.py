@@ -273,6 +273,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
         run.last_eval = evaluate()
     save(metrics_bytes=before_end_eval, cut_short=cut_short)
     if not dp.is_main:
+        dp.close()
         return ckpt_dir
     metrics_f.close()
     if cfg.merge_lora:
@@ -285,6 +286,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
     mark_finished(out, "finetune", run.step, cfg.max_steps, cut_short, seed=cfg.seed, elapsed_s=run.elapsed,
                   checkpoint=str(ckpt_dir))
     print(f"done: step {run.step}, {run.elapsed / 60:.1f} min; end: {_fmt(run.last_eval)} -> {ckpt_dir}")
+    dp.close()
     return ckpt_dir
 
 
