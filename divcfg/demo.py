@@ -148,7 +148,8 @@ def student_dir(root: Path, beta: float, seed: int, form: str = "additive", grou
     student of another recipe)."""
     name = f"ft_beta{beta:g}"
     if beta > 0:
-        name += ("" if form == "additive" else f"_{FORMS[form]}") + Candidate(form, beta, group, divergence, teacher_gamma).modifiers
+        name += ("" if form == "additive" else f"_{FORMS[form]}")
+        name += Candidate(form, beta, group, divergence, teacher_gamma).modifiers
     return root / (name if seed == 0 else f"{name}_s{seed}")
 
 

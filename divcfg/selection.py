@@ -47,8 +47,9 @@ class Candidate:
     def modifiers(self) -> str:
         """The item's modifiers as a name suffix: ``_g4_fkl_t3``, empty for G=2, reverse KL and γ*."""
         mods = {v: k for k, v in DIVERGENCE_MODIFIERS.items()}
-        return (f"_g{self.group}" if self.group != 2 else "") + (f"_{mods[self.divergence]}" if self.divergence in mods else "") \
-            + (f"_t{self.teacher_gamma:g}" if self.teacher_gamma is not None else "")
+        return ((f"_g{self.group}" if self.group != 2 else "")
+                + (f"_{mods[self.divergence]}" if self.divergence in mods else "")
+                + (f"_t{self.teacher_gamma:g}" if self.teacher_gamma is not None else ""))
 
     @property
     def name(self) -> str:

@@ -8,6 +8,7 @@ from divcfg.config import field
 from divcfg.errors import UserError
 from divcfg.guidance import CFG_MODES
 from divcfg.objectives import BASELINES, DIVERGENCES
+from divcfg.rewards import REWARD_FORMS
 
 PG_NORMALISATIONS = ("token", "sequence")
 REWARD_GATES = ("empty", "meter")
@@ -41,7 +42,7 @@ class FinetuneConfig:
                              "diversity pays in proportion to prompt alignment; needs a quality judge); 'length' "
                              "r = d·min(1, L/L_ref) + w·q (L_ref: the first step's mean sample length, so "
                              "shortening does not buy diversity)",
-                             choices=("additive", "multiplicative", "length"))
+                             choices=REWARD_FORMS)
     data_dir: str = field("data/small", "data set folder (train captions for training, val for evaluation)")
     out: str = field("runs/small/ft", "run folder (checkpoint/, metrics.jsonl, summary.json)")
     seed: int = field(0, "random seed (prompts, sampling)", ge=0)
