@@ -153,6 +153,19 @@ def student_dir(root: Path, beta: float, seed: int, form: str = "additive", grou
     return root / (name if seed == 0 else f"{name}_s{seed}")
 
 
+def _check_same_shipped(record: dict, root_dir: Path) -> None:
+    """Cached stages are only reused with the shipped checkpoints they were made with: a run folder
+    whose later stages (γ sweep, students, evaluation) came from other shipped files (another divcfg
+    version, or a folder from before the files were recorded) is refused, never silently mixed."""
+    from divcfg.pretrained import manifest
+    files = manifest()["files"]
+    later = [s for s in record["stages"] if s not in STAGES[:4]]
+    if later and record.get("shipped_files") != files:
+        raise UserError(f"'{root_dir}' holds stages ({', '.join(later[:3])}) made with other shipped checkpoints "
+                        f"than this divcfg's: pass a new --root, or delete '{root_dir}' to rerun them")
+    record["shipped_files"] = files
+
+
 def run_demo(preset: str = "demo", root: str | None = None, data_root: str = "data",
              force: tuple[str, ...] = (), beta: float | None = None, seeds: tuple[int, ...] | None = None,
              from_scratch: bool = False, recipe: str | None = None) -> Path:
@@ -181,6 +194,7 @@ def run_demo(preset: str = "demo", root: str | None = None, data_root: str = "da
     shipped = p.shipped and not from_scratch
     record["shipped_checkpoints"] = shipped
     if shipped:  # the shipped base, E and scorer: verified (sha256) and installed, not trained
+        _check_same_shipped(record, root_dir)
         ck.update(base=root_dir / "shipped" / "base", embedder=root_dir / "shipped" / "embedder",
                   scorer=root_dir / "shipped" / "scorer")
 

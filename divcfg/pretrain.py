@@ -309,7 +309,7 @@ def train(cfg: PretrainConfig, resume: bool = False) -> Path:
         if step % 10 == 0:
             tps = tokens_seen / max(time.time() - t_last, 1e-9)
             tokens_seen, t_last = 0, time.time()
-            bar.set_postfix(loss=f"{loss.item():.3f}", tok_s=f"{tps:.0f}", lr=f"{lr_at():.1e}")
+            bar.set_postfix(loss=f"{loss.item():.3f}", tok_s=f"{tps:.0f}", lr=f"{lr_at():.1e}", refresh=False)
             metrics_f.write(json.dumps({"step": step, "train/nll": loss.item(), "grad_norm": float(gnorm),
                                         "lr": lr_at(), "tokens_per_s": tps, "elapsed_s": elapsed}) + "\n")
         if step % cfg.eval_every == 0:

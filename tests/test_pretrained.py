@@ -74,3 +74,20 @@ def test_the_repository_weights_match_their_manifest():
     man = pretrained.verify()
     assert set(man["files"]) >= {f"{c}/model.safetensors" for c in pretrained.COMPONENTS}
     assert all(man["commands"].get(c) for c in pretrained.COMPONENTS)
+
+
+def test_a_demo_folder_made_with_other_shipped_checkpoints_is_refused(tmp_path):
+    """Cached γ-sweep/student/evaluation stages are reused only with the shipped files they were
+    made with; a folder from other files (or from before they were recorded) is refused in one line."""
+    from divcfg.demo import _check_same_shipped
+    files = pretrained.manifest()["files"]
+    fresh = {"stages": {"data": {}, "pretrain": {"shipped": True}}}
+    _check_same_shipped(fresh, tmp_path)                          # nothing later yet: recorded, accepted
+    assert fresh["shipped_files"] == files
+    same = {"stages": {"gamma": {}, "finetune_beta0": {}}, "shipped_files": dict(files)}
+    _check_same_shipped(same, tmp_path)                           # made with these files: accepted
+    for record in ({"stages": {"gamma": {}}, "shipped_files": {**files, "base/model.safetensors": "0" * 64}},
+                   {"stages": {"gamma": {}, "evaluate": {}}}):    # other files; files never recorded
+        with pytest.raises(UserError) as e:
+            _check_same_shipped(record, tmp_path)
+        assert "\n" not in str(e.value) and "--root" in str(e.value) and str(tmp_path) in str(e.value)

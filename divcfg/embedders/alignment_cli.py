@@ -138,7 +138,7 @@ def train_scorer(pieces: list[dict], tok, cfg: ScorerConfig, *, steps: int, minu
         hist["loss"].append(loss.item())
         bar.update(1)
         if step % 10 == 0:
-            bar.set_postfix(loss=f"{np.mean(hist['loss'][-10:]):.3f}")
+            bar.set_postfix(loss=f"{np.mean(hist['loss'][-10:]):.3f}", refresh=False)
         if on_checkpoint is not None and ckpt_every and step % ckpt_every == 0 and step < steps:
             on_checkpoint(scorer, training_state())
             saved_step = step

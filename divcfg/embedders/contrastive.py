@@ -92,7 +92,8 @@ def fit_contrastive(E: torch.nn.Module, sampler, *, name: str, steps: int, minut
         hist["acc"].append(acc.item())
         bar.update(1)
         if step % 10 == 0:
-            bar.set_postfix(loss=f"{np.mean(hist['loss'][-10:]):.3f}", acc=f"{np.mean(hist['acc'][-10:]):.2f}")
+            bar.set_postfix(loss=f"{np.mean(hist['loss'][-10:]):.3f}", acc=f"{np.mean(hist['acc'][-10:]):.2f}",
+                            refresh=False)
         if on_checkpoint is not None and ckpt_every and step % ckpt_every == 0 and step < steps:
             on_checkpoint(E, training_state())
             saved_step = step

@@ -176,7 +176,7 @@ def _evaluate(cfg: EvalConfig, base_memo: dict | None = None) -> dict:
             cond = prompts.cond.repeat_interleave(G, dim=0)
             n_batches = -(-cond.shape[0] // cfg.batch_size)
             bar = tqdm(total=len(systems) * n_batches, desc="evaluate", unit="batch", dynamic_ncols=True)
-        bar.set_postfix_str(system.label)
+        bar.set_postfix_str(system.label, refresh=False)
         sig = system.signature()
         if sig in done:
             twin = next(r for r in rows_out if r["name"] == done[sig])

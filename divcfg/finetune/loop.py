@@ -259,7 +259,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
         row = dp.mean_row(row)
         log(row)
         bar.set_postfix(kl=f"{rev_kl:.3f}", r=f"{reward_stats.get('reward/diversity/mean', float('nan')):.3f}",
-                        tok_s=f"{row['tokens_per_s']:.0f}")
+                        tok_s=f"{row['tokens_per_s']:.0f}", refresh=False)
         bar.update(1)
         if cfg.eval_every and run.step % cfg.eval_every == 0 and run.step < cfg.max_steps and dp.is_main:
             run.last_eval = evaluate()
