@@ -57,11 +57,13 @@ class DemoPreset:
 
 
 # Every stage is bounded by steps; "minutes" / the presets' max_minutes are only safety caps.
-# "demo" and "small" start from the shipped base, E and scorer (trained by the small preset's
-# commands, E with 2,000 steps: divcfg/weights/music21_small/MANIFEST.json); --from-scratch trains them.
+# "demo" and "small" start from the shipped base, E and scorer (the small preset's architecture and
+# commands; the base trained for 10,560 steps on a GPU, E with 2,000 steps:
+# divcfg/weights/music21_small/MANIFEST.json); --from-scratch trains them on the CPU (660-step base).
 # β=5 with the paper's additive reward: chosen on 48 *validation* prompts by `divcfg select` among
 # additive β ∈ {2, 5} and multiplicative (DARLING-style) β ∈ {5, 10, 20, 40}: the most diverse student
-# whose validation quality is not below the base's (docs/results/selection/selection.md).
+# whose validation quality is not below the base's (docs/results/selection/selection.md; chosen with
+# the former 660-step base).
 PRESETS: dict[str, DemoPreset] = {
     # `make demo`: students of 120 steps, 32 held-out prompts × 4 (≤ 15 min with set-up, 2 idle cores)
     "demo": DemoPreset(
