@@ -42,6 +42,7 @@ test: setup
 	$(BIN)/python -m pytest -x -q
 
 bench: setup
+	$(BIN)/pip install --quiet -c requirements.lock -e '.[bench]'
 	$(BIN)/python benchmarks/inference.py
 	$(BIN)/python benchmarks/finetune.py
 

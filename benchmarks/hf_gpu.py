@@ -37,7 +37,8 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 WORDS = "a song story poem about the sea forest city river night rain sun wind calm wild old new and of in is we sing .".split()
-SIZES = {"tiny": dict(n_embd=64, n_layer=2, n_head=2), "small": dict(n_embd=768, n_layer=12, n_head=12)}
+SIZES = {"tiny": dict(n_embd=64, n_layer=2, n_head=2), "small": dict(n_embd=768, n_layer=12, n_head=12),
+         "bench": dict(n_embd=256, n_layer=4, n_head=4)}   # bench: benchmarks/finetune.py's TRL peer
 
 
 def bag_of_words(completions):
