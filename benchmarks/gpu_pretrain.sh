@@ -8,15 +8,17 @@
 #
 # The rule, fixed before the runs: the budget whose final checkpoint has the lowest conditional NLL
 # on *all* validation pieces (never test) wins, among the runs that finished their budget (a run
-# stopped by the time cap is excluded). Its weights come back in OUTDIR/best/; every run's metrics
-# and log come back beside it.
+# stopped by the time cap is excluded). Everything comes back as one archive, OUTDIR/gpu_pretrain.tgz
+# (the device returns at most 8 files per call): best/ (the chosen weights, config, tokenizer,
+# metrics), choice.json, env.txt and every run's log, metrics and DONE.json.
 #
 # Needs, carried beside the checkout: .whl/ (miditok, symusic, pySmartDL, platformdirs wheels for the
 # device's Python; the tokenizer uses miditok) and .gpu/pretrain/ (data/small's train/val splits,
 # tokenizer, manifest and caption-embedding cache; *.gz files are unpacked). NOWHL=1 skips the
 # wheels (a local dry run); DEVICE=cpu runs it on the CPU.
 set -u
-OUT=${1:?usage: gpu_pretrain.sh OUTDIR [STEPS ...]}; shift
+FINAL=${1:?usage: gpu_pretrain.sh OUTDIR [STEPS ...]}; shift
+OUT=/tmp/divcfg_pretrain_out; rm -rf "$OUT"
 STEPS=${*:-1320 2640 5280 10560}
 DEVICE=${DEVICE:-cuda}; MAX_MIN=${MAX_MIN:-5.0}; EVAL_EVERY=${EVAL_EVERY:-330}
 mkdir -p "$OUT"
@@ -71,3 +73,4 @@ if finished:
 else:
     print("no run finished its budget")
 EOF
+mkdir -p "$FINAL" && tar czf "$FINAL/gpu_pretrain.tgz" -C "$OUT" . && ls -la "$FINAL"
