@@ -118,6 +118,7 @@ def peer_child(args) -> None:
     with tempfile.TemporaryDirectory() as d:
         if args.peer_child == "divcfg":
             import divcfg.finetune.loop as loop
+            from benchmarks.hf_gpu import JUDGES
             from divcfg.cli import main as cli
             rollout, update = loop.rollout, loop.update   # timed where the step starts and ends
 
@@ -137,9 +138,7 @@ def peer_child(args) -> None:
                       "--max-new-tokens", str(N), "--max-steps", str(steps), "--max-minutes", "0",
                       "--eval-prompts", "2", "--eval-max-new-tokens", "1", "--eval-teacher", "false",
                       "--ckpt-every", "1000000", "--updates-per-batch", "1", "--bf16", "false",
-                      "--threads", str(args.threads), "--no-progress",
-                      "--diversity-judge", "benchmarks.hf_gpu:bag_of_words",
-                      "--quality-judge", "benchmarks.hf_gpu:prompt_overlap"])
+                      "--threads", str(args.threads), "--no-progress", *JUDGES])
             if rc:
                 sys.exit(f"error: divcfg finetune exited {rc}")
             rows = [json.loads(x) for x in open(d + "/ft/metrics.jsonl") if '"time/reward"' in x][args.warmup:]

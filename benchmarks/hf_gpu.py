@@ -80,8 +80,11 @@ def build(folder: Path, size: str) -> tuple[Path, Path]:
     return folder / "my-model", prompts
 
 
+JUDGES = ["--diversity-judge", "benchmarks.hf_gpu:bag_of_words", "--quality-judge", "benchmarks.hf_gpu:prompt_overlap"]
+
+
 def commands(w: Path, model: Path, prompts: Path, device: str, steps: int) -> list[tuple[str, list[str]]]:
-    judges = ["--diversity-judge", "benchmarks.hf_gpu:bag_of_words", "--quality-judge", "benchmarks.hf_gpu:prompt_overlap"]
+    judges = JUDGES
     ft = ["--prompts", str(prompts), "--gamma", "3", "--max-steps", str(steps), "--prompts-per-step", "8",
           "--max-new-tokens", "24", "--eval-max-new-tokens", "24", "--eval-prompts", "8", "--lr", "1e-3",
           "--bf16", "false", "--device", device, "--no-progress", *judges]
