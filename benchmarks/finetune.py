@@ -76,7 +76,7 @@ def stand_in_base(work: Path, data_dir: Path) -> Path:
 
 def stand_in_embedder(work: Path, data_dir: Path) -> Path:
     """An untrained diversity embedder of the small size (same cost as a trained one)."""
-    from divcfg.embedders.diversity import DiversityEmbedder, EmbedderConfig, save_diversity_embedder
+    from divcfg.music.judges.diversity import DiversityEmbedder, EmbedderConfig, save_diversity_embedder
     from divcfg.music.tokenizer import load_tokenizer
     E = DiversityEmbedder(EmbedderConfig(vit="small"), load_tokenizer(data_dir))
     return save_diversity_embedder(work / "embedder", E, tokenizer_path=data_dir / "tokenizer.json")

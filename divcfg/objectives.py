@@ -121,7 +121,7 @@ def pairwise_cosine_distance(emb: torch.Tensor, group_size: int, valid: torch.Te
 
     ``valid`` (P·G,) bool marks decodable, non-empty generations; a pair with an invalid member
     gets ``empty_value`` (0: no credit for degenerate output, the judges' convention in
-    ``divcfg.embedders.diversity``; otherwise an empty sample looks maximally different)."""
+    ``divcfg.music.judges.diversity``; otherwise an empty sample looks maximally different)."""
     if group_size < 2:
         raise ValueError(f"a diversity reward needs at least 2 samples per prompt, got {group_size}")
     if emb.shape[0] % group_size:

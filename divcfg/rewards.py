@@ -197,7 +197,7 @@ def validity_reward(prompts: Sequence[str], generations: Sequence[Sequence[int]]
 def make_diversity_reward(embedder, empty_value: float = 0.0) -> RewardFn:
     """``diversity_reward`` bound to a judge (a loaded one, or a music embedder checkpoint path)."""
     if not hasattr(embedder, "embed_with_mask"):
-        from divcfg.embedders.diversity import load_diversity_embedder
+        from divcfg.music.judges.diversity import load_diversity_embedder
         embedder = load_diversity_embedder(embedder)
     return get_reward("diversity", embedder=embedder, empty_value=empty_value)
 
@@ -205,7 +205,7 @@ def make_diversity_reward(embedder, empty_value: float = 0.0) -> RewardFn:
 def make_alignment_reward(scorer) -> RewardFn:
     """``alignment_reward`` bound to a judge (a loaded one, or a music scorer checkpoint path)."""
     if not hasattr(scorer, "score"):
-        from divcfg.embedders.alignment import load_alignment_scorer
+        from divcfg.music.judges.alignment import load_alignment_scorer
         scorer = load_alignment_scorer(scorer)
     return get_reward("alignment", scorer=scorer)
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from divcfg.embedders.alignment import load_alignment_scorer, save_alignment_scorer
-from divcfg.embedders.alignment_cli import clip_loss, evaluate, make_config, train_scorer
+from divcfg.music.judges.alignment import load_alignment_scorer, save_alignment_scorer
+from divcfg.music.judges.alignment_cli import clip_loss, evaluate, make_config, train_scorer
 from divcfg.errors import UserError
 
 N_HELD_OUT = 50

@@ -15,8 +15,8 @@ import torch
 from divcfg.cli import main
 from divcfg.embedders.audio import (AudioAugment, AudioEmbedder, AudioEmbedderConfig, add_noise, load_audio_embedder,
                                     power_spectrogram, save_audio_embedder, shift_pitch, stretch_time)
-from divcfg.embedders.audio_cli import preset_config, train_audio_embedder
-from divcfg.embedders.audio_data import AudioPairSampler, audio_retrieval, render_split, views_to_power
+from divcfg.music.judges.audio_cli import preset_config, train_audio_embedder
+from divcfg.music.judges.audio_data import AudioPairSampler, audio_retrieval, render_split, views_to_power
 from divcfg.errors import UserError
 from divcfg.music import render
 
@@ -151,7 +151,7 @@ def test_checkpoint_round_trip_and_whole_clip_embedding(tmp_path, clips, trained
     assert torch.equal(a, b) and torch.allclose(a.norm(dim=1), torch.ones(5))
     assert json.loads((path / "config.json").read_text())["kind"] == "audio_diversity_embedder"
     with pytest.raises(UserError, match="not a 'diversity_embedder'"):
-        from divcfg.embedders.diversity import load_diversity_embedder
+        from divcfg.music.judges.diversity import load_diversity_embedder
         load_diversity_embedder(path)
 
 
@@ -192,7 +192,7 @@ def test_audio_domain_uses_a_trained_audio_E_at_the_generators_rate(tmp_path, cl
     assert (emb[:3] * direct).sum(1).min() > 0.98                       # resampled back to E's 16 kHz
     # a symbolic E (the music presets' --embedder default) or no checkpoint: the log-mel stand-in
     from divcfg.domains.audio import LogMelStatsDiversity
-    from divcfg.embedders.diversity import DiversityEmbedder, EmbedderConfig, save_diversity_embedder
+    from divcfg.music.judges.diversity import DiversityEmbedder, EmbedderConfig, save_diversity_embedder
     sym = save_diversity_embedder(tmp_path / "sym", DiversityEmbedder(EmbedderConfig(vit="tiny")))
     for other in (str(sym), str(tmp_path / "missing"), ""):
         judges = AudioDomain(None).judges(embedder=other, generator=Gen(), need=("diversity",))

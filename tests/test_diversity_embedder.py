@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from divcfg.embedders.diversity import (DiversityEmbedder, EmbedderConfig, diversity, group_diversity,
+from divcfg.music.judges.diversity import (DiversityEmbedder, EmbedderConfig, diversity, group_diversity,
                                         load_diversity_embedder, save_diversity_embedder)
-from divcfg.embedders.diversity_cli import (PairSampler, half_retrieval, info_nce, load_piece_notes, retrieval,
+from divcfg.music.judges.diversity_cli import (PairSampler, half_retrieval, info_nce, load_piece_notes, retrieval,
                                             train_embedder)
 from divcfg.errors import UserError
 from divcfg.music import pianoroll as pr

@@ -32,8 +32,8 @@ def data_dir(request, tmp_path_factory):
 
 def make_tiny_scorer(path: Path, data_dir: Path) -> Path:
     """A tiny alignment scorer checkpoint, built with the judges' own API (untrained weights)."""
-    from divcfg.embedders.alignment import AlignmentScorer, save_alignment_scorer
-    from divcfg.embedders.alignment_cli import make_config
+    from divcfg.music.judges.alignment import AlignmentScorer, save_alignment_scorer
+    from divcfg.music.judges.alignment_cli import make_config
     from divcfg.music.tokenizer import load_tokenizer
 
     tok = load_tokenizer(data_dir)
@@ -72,7 +72,7 @@ def shared_tiny_run(data_dir: Path, tmp_path_factory) -> tuple[dict, Path]:
 def _build_tiny_setup(data_dir: Path, tmp_path_factory) -> dict:
     """Paths of a tiny base generator, two 'students' (perturbed copies with finetune records and
     metrics logs), a tiny diversity embedder and a tiny alignment scorer."""
-    from divcfg.embedders.diversity import DiversityEmbedder, EmbedderConfig, save_diversity_embedder
+    from divcfg.music.judges.diversity import DiversityEmbedder, EmbedderConfig, save_diversity_embedder
     from divcfg.music.tokenizer import load_tokenizer, special_ids
 
     root = tmp_path_factory.mktemp("eval_setup")
@@ -162,7 +162,7 @@ def test_every_system_is_in_the_table(tiny_run):
 
 def test_figures_agree_with_the_samples(tiny_run, tiny_setup):
     """Quality and diversity recomputed from samples.jsonl with the judges match the table."""
-    from divcfg.embedders.diversity import group_diversity, load_diversity_embedder
+    from divcfg.music.judges.diversity import group_diversity, load_diversity_embedder
 
     results, out = tiny_run
     G = results["generations"]

@@ -53,8 +53,8 @@ def base_ckpt(data_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def embedder_ckpt(data_dir, tmp_path_factory):
-    from divcfg.embedders.diversity import EmbedderConfig, save_diversity_embedder
-    from divcfg.embedders.diversity_cli import load_piece_notes, train_embedder
+    from divcfg.music.judges.diversity import EmbedderConfig, save_diversity_embedder
+    from divcfg.music.judges.diversity_cli import load_piece_notes, train_embedder
     notes, _ = load_piece_notes(data_dir, "train", progress=False)
     E, _ = train_embedder(notes, EmbedderConfig(vit="tiny", chunk_steps=32, out_dim=64), augment=None, steps=40,
                           minutes=1.0, batch_size=32, lr=2e-3, progress=False)

@@ -1,4 +1,4 @@
-"""Symbolic vs audio E on one evaluation run (``divcfg.judges.compare``): an evaluation folder built
+"""Symbolic vs audio E on one evaluation run (``divcfg.music.judges.compare``): an evaluation folder built
 from real tunes of the tiny data set, judged by tiny real embedders, the audio rendered by the
 synthesiser (without the soundfont these tests fail, they do not skip)."""
 
@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from divcfg.embedders.audio import AudioEmbedder
-from divcfg.embedders.audio_cli import preset_config
-from divcfg.judges.compare import compare, main, run_compare
+from divcfg.music.judges.audio_cli import preset_config
+from divcfg.music.judges.compare import compare, main, run_compare
 from divcfg.music import render
 
 K, G = 6, 2
@@ -25,7 +25,7 @@ def eval_run(tiny_data_dir, tmp_path_factory):
     prompt), "copies" (one tune twice: zero diversity for any judge) and "mixed" (varied on the first
     half of the prompts, copies on the rest)."""
     from divcfg.embedders.audio import save_audio_embedder
-    from divcfg.embedders.diversity import DiversityEmbedder, EmbedderConfig, save_diversity_embedder
+    from divcfg.music.judges.diversity import DiversityEmbedder, EmbedderConfig, save_diversity_embedder
     from divcfg.music.corpus import load_split
     root = tmp_path_factory.mktemp("compare")
     tunes = [p["tokens"] for p in load_split(tiny_data_dir, "train")[:2 * K]]

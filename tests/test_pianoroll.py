@@ -57,7 +57,7 @@ def test_chunk_starts():
 
 
 def test_canonical_key_is_transposition_invariant_on_real_tunes(tiny_data_dir):
-    from divcfg.embedders.diversity_cli import load_piece_notes
+    from divcfg.music.judges.diversity_cli import load_piece_notes
     pieces, _ = load_piece_notes(tiny_data_dir, "train", max_pieces=40, progress=False)
     for notes in pieces:
         c = pr.canonical_key(notes)

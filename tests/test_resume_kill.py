@@ -211,9 +211,9 @@ def test_finetune_resumes_after_kill(tiny_data_dir, runs, straight_base, straigh
 # --------------------------------------------------------------------------- NaN guard
 
 def test_judge_trainers_stop_on_non_finite_loss(tiny_data_dir):
-    from divcfg.embedders.alignment_cli import make_config, train_scorer
-    from divcfg.embedders.diversity import EmbedderConfig
-    from divcfg.embedders.diversity_cli import load_piece_notes, train_embedder
+    from divcfg.music.judges.alignment_cli import make_config, train_scorer
+    from divcfg.music.judges.diversity import EmbedderConfig
+    from divcfg.music.judges.diversity_cli import load_piece_notes, train_embedder
     from divcfg.errors import UserError
     from divcfg.music.corpus import load_split
     from divcfg.music.tokenizer import load_tokenizer

@@ -13,9 +13,9 @@ from divcfg.errors import UserError
 
 @pytest.fixture(scope="module")
 def setup(tiny_data_dir, tmp_path_factory):
-    from divcfg.embedders.alignment import AlignmentScorer, save_alignment_scorer
-    from divcfg.embedders.alignment_cli import make_config
-    from divcfg.embedders.diversity import DiversityEmbedder, EmbedderConfig, save_diversity_embedder
+    from divcfg.music.judges.alignment import AlignmentScorer, save_alignment_scorer
+    from divcfg.music.judges.alignment_cli import make_config
+    from divcfg.music.judges.diversity import DiversityEmbedder, EmbedderConfig, save_diversity_embedder
     from divcfg.music.corpus import load_split
     from divcfg.music.tokenizer import load_tokenizer
     tok = load_tokenizer(tiny_data_dir)
@@ -30,7 +30,7 @@ def setup(tiny_data_dir, tmp_path_factory):
 
 
 def test_diversity_reward_is_leave_one_out_within_each_prompt(setup):
-    from divcfg.embedders.diversity import load_diversity_embedder
+    from divcfg.music.judges.diversity import load_diversity_embedder
     f = R.make_diversity_reward(setup["E"])
     ys = [p["tokens"] for p in setup["pieces"]]
     prompts = ["a", "b", "a", "b", "a", "c"]              # groups {0,2,4}, {1,3}, {5}
@@ -56,7 +56,7 @@ def test_diversity_reward_is_leave_one_out_within_each_prompt(setup):
 
 
 def test_alignment_reward_matches_the_scorer(setup):
-    from divcfg.embedders.alignment import load_alignment_scorer
+    from divcfg.music.judges.alignment import load_alignment_scorer
     f = R.make_alignment_reward(setup["S"])
     ps = setup["pieces"][:3]
     # equal lengths: the scorer's music tower is not exactly padding-invariant (a padded batch adds a

@@ -160,13 +160,13 @@ class MusicDomain:
         def default_e():
             if not embedder:
                 return None
-            from divcfg.embedders.diversity import load_diversity_embedder
+            from divcfg.music.judges.diversity import load_diversity_embedder
             return load_diversity_embedder(embedder)
 
         def default_q():
             if not scorer:
                 return None
-            from divcfg.embedders.alignment import load_alignment_scorer
+            from divcfg.music.judges.alignment import load_alignment_scorer
             return load_alignment_scorer(scorer)
 
         judges = user_or_default_judges(diversity_judge, quality_judge, default_e, default_q, need)

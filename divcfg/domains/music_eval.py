@@ -91,7 +91,7 @@ def corpus_figures(data_dir, split: str, prompts, judges, max_pieces: int, seed:
     """Reference figures of real held-out music: the musical metrics over ``max_pieces`` pieces; the
     alignment score of each prompt's own piece (a ceiling for quality); and the diversity of real
     pieces of *different* prompts (k, k+1), a scale for the diversity axis."""
-    from divcfg.embedders.diversity import diversity
+    from divcfg.music.judges.diversity import diversity
     from divcfg.music.corpus import load_split
     from divcfg.music.metrics import corpus_reference
 

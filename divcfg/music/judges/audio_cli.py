@@ -25,7 +25,7 @@ import torch
 
 from divcfg.embedders.audio import (KIND, AudioAugment, AudioEmbedder, AudioEmbedderConfig, load_audio_embedder,
                                     save_audio_embedder)
-from divcfg.embedders.audio_data import (AudioPairSampler, audio_half_retrieval, audio_invariance, audio_retrieval,
+from divcfg.music.judges.audio_data import (AudioPairSampler, audio_half_retrieval, audio_invariance, audio_retrieval,
                                          render_split, stand_in_embed)
 from divcfg.errors import UserError
 

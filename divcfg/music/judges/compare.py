@@ -47,7 +47,7 @@ class RenderedAudioJudge:
         self.cache: dict[tuple, torch.Tensor | None] = {}
 
     def embed_with_mask(self, completions: Sequence) -> tuple[torch.Tensor, torch.Tensor]:
-        from divcfg.embedders.audio_data import render_tokens
+        from divcfg.music.judges.audio_data import render_tokens
         keys = [tuple(int(t) for t in c) for c in completions]
         todo = [k for k in dict.fromkeys(keys) if k not in self.cache]
         clips = {k: render_tokens(self.tokenizer, k, self.sample_rate) for k in todo}
@@ -170,8 +170,8 @@ def run_compare(run_dir, audio_embedder: str, embedder: str = "", out: str = "",
     from tqdm import tqdm
     from divcfg.domains.audio import LogMelStatsDiversity
     from divcfg.embedders.audio import load_audio_embedder
-    from divcfg.embedders.audio_data import soundfont_or_error
-    from divcfg.embedders.diversity import load_diversity_embedder
+    from divcfg.music.judges.audio_data import soundfont_or_error
+    from divcfg.music.judges.diversity import load_diversity_embedder
     from divcfg.judges.pairs import group_mean_diversity
     from divcfg.listening.media import load_run, tokenizer_for
     from divcfg.provenance import provenance, write_json_atomic

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from divcfg.embedders.diversity import (DiversityEmbedder, EmbedderConfig, load_diversity_embedder,
+from divcfg.music.judges.diversity import (DiversityEmbedder, EmbedderConfig, load_diversity_embedder,
                                         pair_diversity, save_diversity_embedder)
 from divcfg.errors import UserError
 from divcfg.embedders.contrastive import info_nce  # noqa: F401  (re-exported for the tests)
@@ -271,7 +271,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                threads_help="torch CPU threads (on a busy shared machine 1 is often faster)")
     e = sub.add_parser("eval", help="held-out retrieval and invariance figures of a trained E")
     judge_args.add_eval(e, checkpoint="runs/small/embedder", threads=2)
-    from divcfg.embedders.audio_cli import add_audio_arguments
+    from divcfg.music.judges.audio_cli import add_audio_arguments
     add_audio_arguments(t, e)
 
 
@@ -295,7 +295,7 @@ def _print_eval(res: dict) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from divcfg.embedders import audio_cli
+    from divcfg.music.judges import audio_cli
     if audio_cli.wants_audio(args):   # (it runs --seeds itself, after choosing its own --out default)
         return audio_cli.run(args)
     from divcfg.stages import run_per_seed

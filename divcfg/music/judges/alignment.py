@@ -187,7 +187,7 @@ def save_alignment_scorer(path, scorer: AlignmentScorer, *, tokenizer_path=None,
                           training_state: dict | None = None) -> Path:
     import json
     from divcfg.checkpoint import save_checkpoint
-    from divcfg.embedders.diversity import TOKENIZER_FILE
+    from divcfg.music.judges.diversity import TOKENIZER_FILE
     config = {"kind": KIND, "scorer": asdict(scorer.cfg), **(extra or {})}
     if tokenizer_path is not None:
         config["tokenizer"] = json.loads(Path(tokenizer_path).read_text())
@@ -200,7 +200,7 @@ def save_alignment_scorer(path, scorer: AlignmentScorer, *, tokenizer_path=None,
 def load_alignment_scorer(path: str | os.PathLike, device: str = "cpu") -> AlignmentScorer:
     """Load the scorer from a checkpoint folder, in eval mode, with its tokenizer."""
     from divcfg.checkpoint import load_checkpoint, load_into
-    from divcfg.embedders.diversity import tokenizer_from_checkpoint
+    from divcfg.music.judges.diversity import tokenizer_from_checkpoint
     state, config = load_checkpoint(path, kind=KIND)
     scorer = AlignmentScorer(ScorerConfig(**config["scorer"]), tokenizer_from_checkpoint(Path(path), config))
     return load_into(scorer, state, path, device)

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from divcfg.embedders.alignment import (SCORER_SIZES, AlignmentScorer, ScorerConfig, load_alignment_scorer,
+from divcfg.music.judges.alignment import (SCORER_SIZES, AlignmentScorer, ScorerConfig, load_alignment_scorer,
                                         save_alignment_scorer)
 from divcfg.errors import UserError
 from divcfg.stages import judge_resume_state
