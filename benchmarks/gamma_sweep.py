@@ -22,11 +22,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from divcfg.domains.music import load_prompts  # noqa: E402
 from divcfg.models.generator import load_generator, tokenizer_path  # noqa: E402
 from divcfg.music.captions import estimate_key  # noqa: E402
 from divcfg.music.tokenizer import load_tokenizer, pitch_class_histogram, tokens_to_notes  # noqa: E402
 from divcfg.sampling import bf16_supported  # noqa: E402
-from divcfg.prompts import load_prompts  # noqa: E402
 from divcfg.sampling import sample  # noqa: E402
 
 PC = {"C": 0, "D": 2, "E": 4, "F": 5, "G": 7, "A": 9, "B": 11}

@@ -38,7 +38,7 @@ from divcfg.errors import UserError
 from divcfg.models.base import check_device
 from divcfg.models.generator import load_generator, save_generator
 from divcfg.models.transformer import ModelConfig, MusicTransformer
-from divcfg.prompts import check_data_dir, embed_texts
+from divcfg.prompts import embed_texts
 from divcfg.provenance import file_hash, provenance, seed_everything
 from divcfg.sampling import bf16_supported
 from divcfg.stages import (TimeCap, clear_finished, mark_finished, metrics_size, python_rng_state,
@@ -196,19 +196,19 @@ def _check_architecture(model: MusicTransformer, mcfg: ModelConfig, ckpt_dir: Pa
 
 
 def train(cfg: PretrainConfig, resume: bool = False) -> Path:
-    from divcfg.music.corpus import load_split
-    from divcfg.music.tokenizer import load_tokenizer, special_ids
+    from divcfg.domains.base import load_domain
 
-    data_dir = check_data_dir(cfg.data_dir)
+    domain = load_domain(data_dir=cfg.data_dir)   # the music testbed's data set (checked to exist)
+    data_dir = domain.data_dir
     device = check_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
     ckpt_dir = out / "checkpoint"
     seed_everything(cfg.seed)
-    tok = load_tokenizer(data_dir)
-    ids = special_ids(tok)
-    splits = {"train": load_split(data_dir, "train"), "val": load_split(data_dir, "val")}
+    tok = domain.tokenizer()
+    ids = domain.special_ids()
+    splits = {"train": domain.load_split("train"), "val": domain.load_split("val")}
     if not splits["train"] or not splits["val"]:
         raise UserError(f"data set '{data_dir}' has an empty train or val split: rebuild it with `divcfg data --force`")
     cond_table, caption_index = _caption_table(splits, data_dir)

@@ -31,11 +31,13 @@ Built-in callables:
   invalid member; a prompt with one completion gets 0). Works with any diversity judge.
 - ``alignment_reward`` (alias ``quality_reward``): the quality judge's score (the music alignment
   scorer gives −1 for an empty, note-less or undecodable generation).
-- ``validity_reward`` (music): 1.0 if the sequence decodes to notes with bars consistent with the
-  meter passed as ``meters=[...]``, else 0.0.
+- ``validity`` (registered by the music domain, ``divcfg.domains.music.validity_reward``, once it is
+  imported): 1.0 if the sequence decodes to notes with bars consistent with the meter passed as
+  ``meters=[...]``, else 0.0.
 
 Judges are bound with ``make_diversity_reward(path_or_judge)`` / ``make_alignment_reward(path_or_judge)``
-(``__name__`` set, as TRL logs it). Custom functions are registered by name with
+(``__name__`` set, as TRL logs it; a path is loaded by the domain's ``judges``, the music testbed's by
+default). Custom functions are registered by name with
 ``@register_reward("name")`` and looked up with ``get_reward(name)``; ``combine_rewards`` evaluates
 several and their weighted sum.
 """
@@ -186,27 +188,26 @@ register_reward("quality", alignment_reward)
 quality_reward = alignment_reward
 
 
-@register_reward("validity")
-def validity_reward(prompts: Sequence[str], generations: Sequence[Sequence[int]], *, tokenizer,
-                    meters: Sequence[str | None] | None = None, **kw) -> list[float]:
-    from divcfg.domains.music import token_validity_flags
-    meters = list(meters) if meters is not None else [None] * len(generations)
-    return [float(v) for v in token_validity_flags(tokenizer, generations, meters)]
+def _checkpoint_judge(domain: str, role: str, path) -> object:
+    """The ``role`` judge ("diversity", "quality") of a checkpoint ``path``, loaded by ``domain``'s judges."""
+    from divcfg.domains.base import domain_named
+    if not path:
+        raise UserError(f"no {role} judge given: pass a loaded judge or a checkpoint path")
+    kw = {"embedder": path} if role == "diversity" else {"scorer": path}
+    return getattr(domain_named(domain).judges(**kw, need=(role,)), role)
 
 
-def make_diversity_reward(embedder, empty_value: float = 0.0) -> RewardFn:
-    """``diversity_reward`` bound to a judge (a loaded one, or a music embedder checkpoint path)."""
+def make_diversity_reward(embedder, empty_value: float = 0.0, domain: str = "music") -> RewardFn:
+    """``diversity_reward`` bound to a judge (a loaded one, or an embedder checkpoint path of ``domain``)."""
     if not hasattr(embedder, "embed_with_mask"):
-        from divcfg.music.judges.diversity import load_diversity_embedder
-        embedder = load_diversity_embedder(embedder)
+        embedder = _checkpoint_judge(domain, "diversity", embedder)
     return get_reward("diversity", embedder=embedder, empty_value=empty_value)
 
 
-def make_alignment_reward(scorer) -> RewardFn:
-    """``alignment_reward`` bound to a judge (a loaded one, or a music scorer checkpoint path)."""
+def make_alignment_reward(scorer, domain: str = "music") -> RewardFn:
+    """``alignment_reward`` bound to a judge (a loaded one, or a scorer checkpoint path of ``domain``)."""
     if not hasattr(scorer, "score"):
-        from divcfg.music.judges.alignment import load_alignment_scorer
-        scorer = load_alignment_scorer(scorer)
+        scorer = _checkpoint_judge(domain, "quality", scorer)
     return get_reward("alignment", scorer=scorer)
 
 

@@ -74,9 +74,10 @@ def test_alignment_reward_matches_the_scorer(setup):
 
 
 def test_validity_reward(setup):
+    from divcfg.domains.music import validity_reward
     p = setup["pieces"][0]
-    r = R.validity_reward(["x", "x", "x"], [p["tokens"], [], p["tokens"]], tokenizer=setup["tok"],
-                          meters=[p["meta"]["meter"], None, "12/8" if p["meta"]["meter"] != "12/8" else "2/4"])
+    r = validity_reward(["x", "x", "x"], [p["tokens"], [], p["tokens"]], tokenizer=setup["tok"],
+                        meters=[p["meta"]["meter"], None, "12/8" if p["meta"]["meter"] != "12/8" else "2/4"])
     assert r == [1.0, 0.0, 0.0]
 
 
@@ -90,6 +91,7 @@ def test_custom_rewards_plug_in(setup):
     total, parts = R.combine_rewards([R.get_reward("length_test"), lambda p, g, **kw: [1.0] * len(g)],
                                      ["a", "b"], gens, weights=[2.0, -1.0])
     assert total == [5.0, 1.0] and parts["length_reward"] == [3.0, 1.0]
+    import divcfg.domains.music  # noqa: F401  (the music plug-in registers "validity")
     bound = R.get_reward("validity", tokenizer=setup["tok"])
     assert bound.__name__ == "validity" and bound(["a"], [[]]) == [0.0]
     with pytest.raises(UserError, match="unknown reward"):

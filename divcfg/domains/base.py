@@ -21,6 +21,15 @@ A domain provides:
   returns ``per_generation`` (``quality``, ``valid``, ``empty``, ...), ``per_prompt`` (``quality``,
   ``diversity`` and each of ``eval_figures``) and ``summary``;
 - ``write(out, rows)``: output files of ``divcfg sample`` (MIDI/WAV, text files).
+
+Optional, where a domain has them (the music testbed does):
+
+- pre-training data for the built-in generator (``divcfg pretrain``): ``data_dir``,
+  ``load_split(split)`` (rows with ``tokens`` and ``captions``), ``tokenizer()``, ``special_ids()``;
+- audio for the listening study: ``run_tokenizer(results)`` and ``render_clip(tokenizer, tokens, path,
+  beats, sample_rate) -> empty``.
+
+The domain of a finished run is found by the name it recorded (``domain_named``).
 """
 
 from __future__ import annotations
@@ -132,3 +141,19 @@ def domain_for_output(generator) -> Domain:
         return TextDomain(None)
     from divcfg.domains.music import MusicDomain
     return MusicDomain(None)
+
+
+def domain_named(name: str) -> Domain:
+    """The domain a run recorded by name (``results.json``'s ``domain``), without prompts or data: what
+    a finished run needs of it (rendering its generations, loading its judges' checkpoints)."""
+    from divcfg.errors import UserError
+    if name == "music":
+        from divcfg.domains.music import MusicDomain
+        return MusicDomain(None)
+    if name == "text":
+        from divcfg.domains.text import TextDomain
+        return TextDomain(None)
+    if name == "audio":
+        from divcfg.domains.audio import AudioDomain
+        return AudioDomain(None)
+    raise UserError(f"unknown domain {name!r}: choose one of music, text, audio")

@@ -9,11 +9,15 @@
 - Reward gates: ``empty`` (E could embed it: decodes, has notes) and ``meter`` (also the bars keep
   the meter the prompt asks for, ``metrics.bars_consistent``).
 - Quick figures: the in-key rate (music21-style key estimate vs the key the caption names).
-- Output: MIDI (and WAV where a soundfont is installed).
+- Output: MIDI (and WAV where a soundfont is installed); WAV clips of an evaluation run for the
+  listening study (``music_media``).
+- Pre-training data of the built-in generator (``divcfg pretrain``): the data set's splits and tokenizer.
+- Registers the TRL-style ``validity`` reward (``divcfg.rewards``).
 """
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 from typing import Sequence
@@ -22,7 +26,29 @@ import torch
 
 from divcfg.domains.base import Judges, user_or_default_judges
 from divcfg.errors import UserError
-from divcfg.prompts import Prompts, check_data_dir, embed_texts, load_prompts
+from divcfg.prompts import Prompts, embed_texts
+from divcfg.rewards import register_reward
+
+
+def check_data_dir(data_dir: str | os.PathLike) -> Path:
+    data_dir = Path(data_dir)
+    if not (data_dir / "manifest.json").exists():
+        raise UserError(f"no data set at '{data_dir}': build it with `divcfg data --preset small` "
+                        f"(or pass --data-dir)")
+    return data_dir
+
+
+def load_prompts(data_dir: str | os.PathLike, split: str = "test", limit: int | None = None,
+                 seed: int = 0, variants: bool = False) -> Prompts:
+    """Prompts of one split; ``limit`` takes a seeded random subset; ``variants`` picks a random
+    caption variant per piece instead of the canonical one."""
+    from divcfg.music.corpus import load_split
+    pieces = load_split(check_data_dir(data_dir), split)
+    rng = random.Random(seed)
+    if limit is not None and limit < len(pieces):
+        pieces = rng.sample(pieces, limit)
+    texts = [rng.choice(p["captions"]) if variants else p["captions"][0] for p in pieces]
+    return Prompts(texts, embed_texts(texts, data_dir), [p.get("meta", {}) for p in pieces], [p["id"] for p in pieces])
 
 
 class TrainPrompts:
@@ -65,6 +91,15 @@ def token_validity_flags(tokenizer, generations, meters) -> list[bool]:
     """``metrics.token_validity(...)["valid"]`` of each generation (decodes, has notes, keeps the meter)."""
     from divcfg.music.metrics import token_validity
     return [bool(token_validity(tokenizer, g, m)["valid"]) for g, m in zip(generations, meters)]
+
+
+@register_reward("validity")
+def validity_reward(prompts: Sequence[str], generations: Sequence[Sequence[int]], *, tokenizer,
+                    meters: Sequence[str | None] | None = None, **kw) -> list[float]:
+    """The TRL-style ``validity`` reward (``divcfg.rewards``): 1.0 if the sequence decodes to notes with
+    bars consistent with the meter passed as ``meters=[...]``, else 0.0."""
+    meters = list(meters) if meters is not None else [None] * len(generations)
+    return [float(v) for v in token_validity_flags(tokenizer, generations, meters)]
 
 
 def key_pitch_class(key: str | None) -> tuple[int, str] | None:
@@ -127,6 +162,18 @@ class MusicDomain:
     def prompts(self, split: str, generator=None, limit: int | None = None, seed: int = 0) -> Prompts:
         self._check_generator(generator)
         return load_prompts(self.data_dir, split, limit=limit, seed=seed)
+
+    # ---------------------------------------------------------------- pre-training data
+
+    def load_split(self, split: str) -> list[dict]:
+        """The rows of a split of the data set (``id``, ``captions``, ``meta``, ``tokens``)."""
+        from divcfg.music.corpus import load_split
+        return load_split(self.data_dir, split)
+
+    def special_ids(self, generator=None) -> dict[str, int]:
+        """{"pad", "bos", "eos"} -> token id of the tokenizer (``tokenizer(generator)``)."""
+        from divcfg.music.tokenizer import special_ids
+        return special_ids(self.tokenizer(generator))
 
     # ---------------------------------------------------------------- judges
 
@@ -206,6 +253,16 @@ class MusicDomain:
     def reference(self, prompts, judges: Judges, split: str = "test", max_pieces: int = 256, seed: int = 0) -> dict:
         from divcfg.domains.music_eval import corpus_figures
         return corpus_figures(self.data_dir, split, prompts, judges, max_pieces, seed)
+
+    def run_tokenizer(self, results: dict):
+        """The tokenizer of an evaluation run (``results.json``): a system checkpoint's, else the data set's."""
+        from divcfg.domains.music_media import tokenizer_for
+        return tokenizer_for(results)
+
+    def render_clip(self, tokenizer, tokens: list[int], path: Path, beats: int, sample_rate: int) -> bool:
+        """The first ``beats`` quarter notes of ``tokens`` as a WAV clip at ``path``; True when empty (silence)."""
+        from divcfg.domains.music_media import render_clip
+        return render_clip(tokenizer, tokens, path, beats, sample_rate)
 
     def write(self, out: Path, rows: list[dict], generator) -> list[str]:
         from divcfg.music.render import write_midi, write_wav

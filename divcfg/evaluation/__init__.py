@@ -16,7 +16,7 @@ Systems (each one generator + a decoding rule):
 - ``merge``: ``(1-λ)·A + λ·B`` for each λ of ``--lams`` (A, B default to the two students),
   evaluated in memory (``divcfg.merging.iter_merged_generators``).
 
-Protocol. K held-out prompts (``load_prompts(data_dir, "test", limit=K, seed)``, the same for every
+Protocol. K held-out prompts (the domain's ``prompts("test", limit=K, seed=seed)``, the same for every
 system) × G generations each. Every system samples its K·G rows in the same order and the same
 batches of ``batch_size`` rows, from a ``torch.Generator`` seeded with ``seed`` (common random
 numbers: differences between systems are not drowned by sampling noise). Two systems with the same

@@ -1,5 +1,6 @@
-"""The music-specific part of the listening study: an evaluation run's token sequences → WAV clips
-and the manifest the (domain-agnostic) study app reads.
+"""The listening study's clips: an evaluation run's generations → WAV clips (rendered by the run's
+domain, ``render_clip``: the music domain's ``divcfg.domains.music_media``) and the manifest the
+(domain-agnostic) study app reads.
 
 ``<run>/listening/manifest.json``::
 
@@ -12,7 +13,7 @@ A clip id is a hash of the generation's tokens and the clip settings, so identic
 systems share one file and a file name never reveals its system. A generation with no notes (or
 that does not decode) becomes two seconds of silence, flagged ``empty``: raters hear it and rate it,
 rather than it silently leaving the study. Everything else in ``divcfg.listening`` only reads files
-listed in the manifest; :func:`render_clip` is the one place that knows about music.
+listed in the manifest; the domain's ``render_clip`` is the one place that knows about music.
 """
 
 from __future__ import annotations
@@ -24,54 +25,6 @@ import wave
 from pathlib import Path
 
 from divcfg.errors import UserError
-
-SILENCE_SECONDS = 2.0
-
-
-def tokenizer_for(results: dict):
-    """The run's tokenizer: a system checkpoint's ``tokenizer.json``, else the data folder's."""
-    from divcfg.music.tokenizer import load_tokenizer
-
-    for r in results["systems"]:
-        f = Path(r.get("checkpoint", "")) / "tokenizer.json"
-        if r.get("checkpoint") and f.exists():
-            return load_tokenizer(f)
-    data_dir = (results.get("config") or {}).get("data_dir")
-    if not data_dir or not Path(data_dir).exists():
-        raise UserError("cannot find the run's tokenizer (no checkpoint tokenizer.json, no data_dir): "
-                        "rerun `divcfg evaluate` on this machine")
-    return load_tokenizer(data_dir)
-
-
-def _silence(path: Path, sample_rate: int) -> None:
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(sample_rate)
-        w.writeframes(b"\0\0" * int(SILENCE_SECONDS * sample_rate))
-
-
-def render_clip(tokenizer, tokens: list[int], path: Path, beats: int, sample_rate: int) -> bool:
-    """Write the first ``beats`` quarter notes of ``tokens`` to ``path`` (WAV); silence when the
-    generation has no notes. Returns True when the clip is empty (silence)."""
-    from divcfg.music.pianoroll import score_notes
-    from divcfg.music.render import write_wav
-    from divcfg.music.tokenizer import tokens_to_score
-
-    score = tokens_to_score(tokenizer, tokens)
-    if score is None or len(score_notes(score)) == 0:
-        _silence(path, sample_rate)
-        return True
-    clip = score.clip(0, beats * score.ticks_per_quarter, clip_end=True)
-    if len(score_notes(clip)) == 0:
-        _silence(path, sample_rate)
-        return True
-    tmp = path.with_name(path.name + ".tmp.wav")
-    if not write_wav(clip, tmp, sample_rate=sample_rate):
-        raise UserError("no General MIDI soundfont: a listening study needs audio (install one: "
-                        "`sudo apt-get install timgm6mb-soundfont`, or set DIVCFG_SOUNDFONT=/path/to.sf2)")
-    os.replace(tmp, path)
-    return False
 
 
 def load_run(run_dir: Path) -> tuple[dict, list[dict]]:
@@ -87,10 +40,19 @@ def load_run(run_dir: Path) -> tuple[dict, list[dict]]:
         raise UserError(f"'{run_dir}' has a corrupt results.json or samples.jsonl ({e.msg}): "
                         f"rerun `divcfg evaluate`") from None
     domain = results.get("domain", "music")
-    if domain != "music":
+    if not _renders_clips(domain):
         raise UserError(f"'{run_dir}' is a {domain!r} run: a listening study needs audio, which only music "
                         f"runs have (their token ids are rendered to WAV)")
     return results, samples
+
+
+def _renders_clips(domain: str) -> bool:
+    """Whether the run's domain renders its generations to audio clips (``render_clip``)."""
+    from divcfg.domains.base import domain_named
+    try:
+        return hasattr(domain_named(domain), "render_clip")
+    except UserError:   # a domain this version does not know
+        return False
 
 
 def prepare_manifest(run_dir: str | os.PathLike, systems: list[str], n_prompts: int, generations: int,
@@ -98,6 +60,8 @@ def prepare_manifest(run_dir: str | os.PathLike, systems: list[str], n_prompts: 
     """Render (or reuse) the clips of ``systems`` × the first ``n_prompts`` prompts (0 = all) ×
     generations < ``generations`` into ``<run>/listening/audio/`` and write the manifest."""
     from tqdm import tqdm
+
+    from divcfg.domains.base import domain_named
 
     run_dir = Path(run_dir)
     results, samples = load_run(run_dir)
@@ -114,6 +78,7 @@ def prepare_manifest(run_dir: str | os.PathLike, systems: list[str], n_prompts: 
     out = run_dir / "listening"
     audio = out / "audio"
     audio.mkdir(parents=True, exist_ok=True)
+    domain = domain_named(results.get("domain", "music"))
     tokenizer = None
     clips: list[dict] = []
     empty: dict[str, bool] = {}
@@ -125,8 +90,8 @@ def prepare_manifest(run_dir: str | os.PathLike, systems: list[str], n_prompts: 
             if path.is_file():
                 empty[cid] = _is_silence(path)
             else:
-                tokenizer = tokenizer or tokenizer_for(results)
-                empty[cid] = render_clip(tokenizer, s["tokens"], path, beats, sample_rate)
+                tokenizer = tokenizer or domain.run_tokenizer(results)
+                empty[cid] = domain.render_clip(tokenizer, s["tokens"], path, beats, sample_rate)
         clips.append({"id": cid, "file": f"audio/{cid}.wav", "system": s["system"],
                       "prompt_index": s["prompt_index"], "generation": s["generation"], "empty": empty[cid]})
     manifest = {

@@ -169,11 +169,12 @@ def run_compare(run_dir, audio_embedder: str, embedder: str = "", out: str = "",
     """Judge every generation of an evaluation run with the three judges and compare them."""
     from tqdm import tqdm
     from divcfg.domains.audio import LogMelStatsDiversity
+    from divcfg.domains.music_media import tokenizer_for
     from divcfg.embedders.audio import load_audio_embedder
+    from divcfg.judges.pairs import group_mean_diversity
+    from divcfg.listening.media import load_run
     from divcfg.music.judges.audio_data import soundfont_or_error
     from divcfg.music.judges.diversity import load_diversity_embedder
-    from divcfg.judges.pairs import group_mean_diversity
-    from divcfg.listening.media import load_run, tokenizer_for
     from divcfg.provenance import provenance, write_json_atomic
     run_dir = Path(run_dir)
     results, samples = load_run(run_dir)
