@@ -18,7 +18,7 @@ N_HELD_OUT = 50
 
 @pytest.fixture(scope="module")
 def split(tiny_data_dir):
-    from divcfg.music.corpus import load_split
+    from divcfg.music.dataset import load_split
     pieces = load_split(tiny_data_dir, "train")
     order = np.random.default_rng(1).permutation(len(pieces))
     return {"held": [pieces[i] for i in order[:N_HELD_OUT]], "train": [pieces[i] for i in order[N_HELD_OUT:]]}

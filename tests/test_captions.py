@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from divcfg.music import captions as cap
-from divcfg.music.corpus import corpus_root, parse_file
+from divcfg.music.sources import corpus_root, parse_file
 
 
 COLLECTION_OF = {"ryansMammoth": "ryans", "oneills1850": "oneills", "essenFolksong": "essen", "bach": "bach"}

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from divcfg.models.generator import load_generator
-from divcfg.music.corpus import load_split
+from divcfg.music.dataset import load_split
 from divcfg.music.tokenizer import load_tokenizer, special_ids
 from divcfg.pretrain import PRESETS, PretrainConfig, token_nll, train
 

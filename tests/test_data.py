@@ -8,7 +8,7 @@ import os
 import pytest
 
 from divcfg.errors import UserError
-from divcfg.music import corpus
+from divcfg.music import corpus, dataset
 from divcfg.music import tokenizer as tk
 
 REQUIRED_META = ("key", "meter", "n_bars", "n_voices", "n_notes", "source_file")
@@ -19,8 +19,8 @@ def test_cache_layout_and_rows(tiny_data_dir):
     tok = tk.load_tokenizer(tiny_data_dir)
     special = set(tk.special_ids(tok).values())
     total = 0
-    for split in corpus.SPLITS:
-        rows = corpus.load_split(tiny_data_dir, split)
+    for split in dataset.SPLITS:
+        rows = dataset.load_split(tiny_data_dir, split)
         assert len(rows) == m["counts"][split]
         assert sum(len(r["tokens"]) for r in rows) == m["tokens"][split]
         total += len(rows)
@@ -38,7 +38,7 @@ def test_cache_layout_and_rows(tiny_data_dir):
 
 def test_rows_decode_to_their_metadata(tiny_data_dir):
     tok = tk.load_tokenizer(tiny_data_dir)
-    for r in corpus.load_split(tiny_data_dir, "train")[:40]:
+    for r in dataset.load_split(tiny_data_dir, "train")[:40]:
         score = tk.tokens_to_score(tok, r["tokens"])
         assert score is not None
         assert sum(len(t.notes) for t in score.tracks) == r["meta"]["n_notes"]
@@ -46,13 +46,13 @@ def test_rows_decode_to_their_metadata(tiny_data_dir):
 
 def test_splits_disjoint_and_grouped_by_title(tiny_data_dir):
     ids, keys = {}, {}
-    for split in corpus.SPLITS:
-        rows = corpus.load_split(tiny_data_dir, split)
+    for split in dataset.SPLITS:
+        rows = dataset.load_split(tiny_data_dir, split)
         ids[split] = {r["id"] for r in rows}
-        keys[split] = {corpus.split_key({"id": r["id"], "meta": r["meta"]}) for r in rows}
+        keys[split] = {dataset.split_key({"id": r["id"], "meta": r["meta"]}) for r in rows}
         assert len(ids[split]) == len(rows)
         for r in rows:  # the split is a pure function of the piece
-            assert corpus.split_of(corpus.split_key(r)) == split
+            assert dataset.split_of(dataset.split_key(r)) == split
     for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
         assert not ids[a] & ids[b]
         assert not keys[a] & keys[b]
@@ -74,11 +74,11 @@ def test_rebuild_is_deterministic_and_corrupt_files_are_skipped(tiny_data_dir, t
     printed = capsys.readouterr().out
     assert "garbage.abc" in printed
     # same pieces in the same splits as the session build (2 workers there, 1 here)
-    for split in corpus.SPLITS:
-        a = [r["id"] for r in corpus.load_split(tiny_data_dir, split)]
-        b = [r["id"] for r in corpus.load_split(out_dir, split) if r["collection"] != "extra"]
+    for split in dataset.SPLITS:
+        a = [r["id"] for r in dataset.load_split(tiny_data_dir, split)]
+        b = [r["id"] for r in dataset.load_split(out_dir, split) if r["collection"] != "extra"]
         assert a == b
-    extra = [r for s in corpus.SPLITS for r in corpus.load_split(out_dir, s) if r["collection"] == "extra"]
+    extra = [r for s in dataset.SPLITS for r in dataset.load_split(out_dir, s) if r["collection"] == "extra"]
     assert [r["id"] for r in extra] == ["extra/broken#2"]
 
 
@@ -92,9 +92,9 @@ def test_cache_is_reused(tiny_data_dir, capsys):
 
 def test_user_errors(tmp_path):
     with pytest.raises(UserError, match="unknown split"):
-        corpus.load_split(tmp_path, "training")
+        dataset.load_split(tmp_path, "training")
     with pytest.raises(UserError, match="divcfg data"):
-        corpus.load_split(tmp_path, "train")
+        dataset.load_split(tmp_path, "train")
     with pytest.raises(UserError, match="unknown preset"):
         corpus.build("huge", tmp_path)
 
@@ -103,7 +103,7 @@ def test_windows_cut_at_bars_and_restate_the_meter(tiny_data_dir):
     tok = tk.load_tokenizer(tiny_data_dir)
     bar = tok["Bar_None"]
     ts_ids = {i for t, i in tok.vocab.items() if t.startswith("TimeSig_")}
-    row = max(corpus.load_split(tiny_data_dir, "train"), key=lambda r: len(r["tokens"]))
+    row = max(dataset.load_split(tiny_data_dir, "train"), key=lambda r: len(r["tokens"]))
     toks = row["tokens"]
     wins = corpus.windows(toks, bar, ts_ids, max_tokens=100, max_windows=50)
     assert len(wins) >= 2
@@ -126,9 +126,9 @@ def test_split_key_groups_tune_versions_but_not_mass_movements():
     a = {"id": "oneills1850/0732-0758_bs#740", "meta": {"collection": "oneills", "title": "The Night Cap"}}
     b = {"id": "oneills1850/0732-0758_mh#740", "meta": {"collection": "oneills", "title": "Night Cap, The"}}
     c = {"id": "ryansMammoth/NightCapJig", "meta": {"collection": "ryans", "title": "Night Cap -- Jig"}}
-    assert corpus.split_key(a) == corpus.split_key(c)
+    assert dataset.split_key(a) == dataset.split_key(c)
     k1 = {"id": "palestrina/Kyrie_01", "meta": {"collection": "palestrina", "title": "Kyrie"}}
     k2 = {"id": "palestrina/Kyrie_02@3", "meta": {"collection": "palestrina", "title": "Kyrie"}}
-    assert corpus.split_key(k1) != corpus.split_key(k2)
-    assert corpus.split_key(k2) == corpus.split_key({"id": "palestrina/Kyrie_02@0", "meta": k2["meta"]})
-    assert corpus.split_key(a) == corpus.split_key(b)
+    assert dataset.split_key(k1) != dataset.split_key(k2)
+    assert dataset.split_key(k2) == dataset.split_key({"id": "palestrina/Kyrie_02@0", "meta": k2["meta"]})
+    assert dataset.split_key(a) == dataset.split_key(b)

@@ -195,7 +195,7 @@ def test_user_errors_and_nan_guard(data_dir, base_ckpt, tmp_path):
 def test_in_key_rate_on_real_tunes(data_dir):
     """The quick evaluation's key check: real tunes are mostly in the key their metadata names."""
     from divcfg.domains.music import in_key_rate, key_pitch_class
-    from divcfg.music.corpus import load_split
+    from divcfg.music.dataset import load_split
     from divcfg.music.tokenizer import load_tokenizer
     assert key_pitch_class("F# minor") == (6, "minor") and key_pitch_class("Gb minor") == (6, "minor")
     assert key_pitch_class("B- major") == (10, "major") and key_pitch_class("modal") is None
@@ -212,7 +212,7 @@ def test_meter_gate_pays_only_generations_in_the_requested_meter(data_dir):
     """``reward_valid``: real tunes in their own meter are paid; the same tunes asked for another
     meter are not (under 'meter'), while 'empty' pays every decodable tune either way."""
     from divcfg.domains.music import TrainPrompts, reward_valid
-    from divcfg.music.corpus import load_split
+    from divcfg.music.dataset import load_split
     from divcfg.music.tokenizer import load_tokenizer
     tok = load_tokenizer(data_dir)
     pieces = [p for p in load_split(data_dir, "train") if p["meta"].get("meter") in ("2/4", "6/8", "3/4")][:24]

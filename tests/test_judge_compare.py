@@ -26,7 +26,7 @@ def eval_run(tiny_data_dir, tmp_path_factory):
     half of the prompts, copies on the rest)."""
     from divcfg.embedders.audio import save_audio_embedder
     from divcfg.music.judges.diversity import DiversityEmbedder, EmbedderConfig, save_diversity_embedder
-    from divcfg.music.corpus import load_split
+    from divcfg.music.dataset import load_split
     root = tmp_path_factory.mktemp("compare")
     tunes = [p["tokens"] for p in load_split(tiny_data_dir, "train")[:2 * K]]
     torch.manual_seed(0)

@@ -23,7 +23,7 @@ from divcfg.errors import UserError
 from divcfg.listening.app import MAX_BODY, BackgroundServer, create_app
 from divcfg.listening.cli import ListenConfig, prepare
 from divcfg.listening.design import assign
-from divcfg.music.corpus import load_split
+from divcfg.music.dataset import load_split
 
 SYSTEMS = [("base", "base (γ=1)", "base", {}), ("cfg_g3", "CFG γ=3", "cfg", {"gamma": 3.0}),
            ("merge_l0.5", "merge λ=0.5", "merge", {"lam": 0.5})]

@@ -99,7 +99,7 @@ def test_pair_figures_by_hand():
 
 
 def test_token_validity(tiny_data_dir):
-    from divcfg.music.corpus import load_split
+    from divcfg.music.dataset import load_split
     from divcfg.music.tokenizer import load_tokenizer
     tok = load_tokenizer(tiny_data_dir)
     piece = next(p for p in load_split(tiny_data_dir, "train") if p["meta"]["meter"] in ("3/4", "6/8"))

@@ -10,7 +10,7 @@ import pytest
 
 from divcfg.music import render
 from divcfg.music import tokenizer as tk
-from divcfg.music.corpus import load_split
+from divcfg.music.dataset import load_split
 
 
 @pytest.fixture(scope="module")

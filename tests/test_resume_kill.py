@@ -215,7 +215,7 @@ def test_judge_trainers_stop_on_non_finite_loss(tiny_data_dir):
     from divcfg.music.judges.diversity import EmbedderConfig
     from divcfg.music.judges.diversity_cli import load_piece_notes, train_embedder
     from divcfg.errors import UserError
-    from divcfg.music.corpus import load_split
+    from divcfg.music.dataset import load_split
     from divcfg.music.tokenizer import load_tokenizer
     torch.set_num_threads(1)
     notes, _ = load_piece_notes(tiny_data_dir, "train", max_pieces=40, progress=False)

@@ -16,7 +16,7 @@ def setup(tiny_data_dir, tmp_path_factory):
     from divcfg.music.judges.alignment import AlignmentScorer, save_alignment_scorer
     from divcfg.music.judges.alignment_cli import make_config
     from divcfg.music.judges.diversity import DiversityEmbedder, EmbedderConfig, save_diversity_embedder
-    from divcfg.music.corpus import load_split
+    from divcfg.music.dataset import load_split
     from divcfg.music.tokenizer import load_tokenizer
     tok = load_tokenizer(tiny_data_dir)
     torch.manual_seed(0)

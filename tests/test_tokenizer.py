@@ -7,14 +7,15 @@ from collections import Counter
 import pytest
 
 from divcfg.music import tokenizer as tk
-from divcfg.music.corpus import corpus_root, extract_piece
+from divcfg.music.extract import extract_piece
+from divcfg.music.sources import corpus_root
 
 
 def _real_scores(rel: str, limit: int):
     """(symusic score, meta) of the first ``limit`` pieces of a corpus file, via the data pipeline."""
     from music21 import converter, stream
 
-    from divcfg.music.corpus import abc_headers
+    from divcfg.music.sources import abc_headers
 
     path = corpus_root() / rel
     parsed = converter.parseFile(str(path), forceSource=True, storePickle=False)

@@ -42,7 +42,7 @@ def load_prompts(data_dir: str | os.PathLike, split: str = "test", limit: int | 
                  seed: int = 0, variants: bool = False) -> Prompts:
     """Prompts of one split; ``limit`` takes a seeded random subset; ``variants`` picks a random
     caption variant per piece instead of the canonical one."""
-    from divcfg.music.corpus import load_split
+    from divcfg.music.dataset import load_split
     pieces = load_split(check_data_dir(data_dir), split)
     rng = random.Random(seed)
     if limit is not None and limit < len(pieces):
@@ -55,7 +55,7 @@ class TrainPrompts:
     """Training captions (every variant of every training piece), drawn at random per step."""
 
     def __init__(self, data_dir: Path):
-        from divcfg.music.corpus import load_split
+        from divcfg.music.dataset import load_split
         pieces = [p for p in load_split(data_dir, "train") if p.get("captions")]
         self.captions = [p["captions"] for p in pieces]
         self.meters = [p.get("meta", {}).get("meter") for p in pieces]
@@ -167,7 +167,7 @@ class MusicDomain:
 
     def load_split(self, split: str) -> list[dict]:
         """The rows of a split of the data set (``id``, ``captions``, ``meta``, ``tokens``)."""
-        from divcfg.music.corpus import load_split
+        from divcfg.music.dataset import load_split
         return load_split(self.data_dir, split)
 
     def special_ids(self, generator=None) -> dict[str, int]:

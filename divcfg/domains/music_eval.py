@@ -92,7 +92,7 @@ def corpus_figures(data_dir, split: str, prompts, judges, max_pieces: int, seed:
     alignment score of each prompt's own piece (a ceiling for quality); and the diversity of real
     pieces of *different* prompts (k, k+1), a scale for the diversity axis."""
     from divcfg.music.judges.diversity import diversity
-    from divcfg.music.corpus import load_split
+    from divcfg.music.dataset import load_split
     from divcfg.music.metrics import corpus_reference
 
     reference = corpus_reference(data_dir, split, max_pieces=max_pieces, seed=seed)

@@ -1,6 +1,7 @@
 """`divcfg data`: the training set built from the scores bundled with music21.
 
-Pipeline (one worker process per input file, files largest first):
+Pipeline (one worker process per input file, files largest first; steps 1-3 are
+`divcfg.music.sources`, the split is `divcfg.music.dataset`, which also reads the result back):
 
 1. parse the whole file once (`music21.converter.parseFile`, no pickle cache): an ABC file
    becomes an Opus of tunes, other formats one Score;
@@ -25,12 +26,8 @@ A piece that fails is skipped and counted by cause; an unreadable file gets a on
 from __future__ import annotations
 
 import argparse
-import contextlib
-import hashlib
 import json
-import math
 import os
-import re
 import shutil
 import sys
 import time
@@ -40,32 +37,12 @@ from pathlib import Path
 from divcfg.errors import UserError
 from divcfg.music import captions as cap
 from divcfg.music import tokenizer as tk
-from divcfg.music.extract import MIN_NOTES, extract_piece
+from divcfg.music.dataset import SPLIT_BOUNDS, SPLITS, split_key, split_of
+from divcfg.music.extract import MIN_NOTES
+from divcfg.music.sources import (COLLECTIONS, EXCLUDE, PARSEABLE, corpus_root, parse_file,
+                                  worker_tokenizer)
 
 PIPELINE_VERSION = 5
-SPLITS = ("train", "val", "test")
-SPLIT_BOUNDS = (900, 950)  # of 1000: train < 900 <= val < 950 <= test
-
-# collection -> glob patterns relative to music21's corpus folder
-COLLECTIONS = {
-    "essen": ["essenFolksong/*.abc"],
-    "oneills": ["oneills1850/*.abc"],
-    "ryans": ["ryansMammoth/*.abc"],
-    "aird": ["airdsAirs/*.abc"],
-    "bach": ["bach/*.mxl", "bach/*.xml", "bach/*.krn"],
-    "palestrina": ["palestrina/*.krn"],
-    "monteverdi": ["monteverdi/*.mxl"],
-    "trecento": ["trecento/*.xml", "trecento/*.mxl"],
-    "folk": ["miscFolk/*.abc"],
-    "classical": ["beethoven/*", "mozart/*.mxl", "haydn/*.mxl", "schumann_robert/*", "schumann_clara/*",
-                  "schubert/*.xml", "chopin/*.krn", "handel/*.mxl", "corelli/*.xml", "cpebach/*.mxl",
-                  "joplin/*.mxl", "weber/*.mxl", "beach/*.musicxml", "verdi/*.mxl", "liliuokalani/*.mxl",
-                  "johnson_j_r/*.mxl", "ciconia/*.xml", "luca/*.xml", "lusitano/*.mxl"],
-}
-# Essen's test*/variant files repeat tunes of the other files: left out. (josquin/*.abc is
-# left out too: each X: of those files is one voice of a polyphonic piece, not a tune.)
-EXCLUDE = re.compile(r"essenFolksong/(test[01de]|variant0)\.abc$")
-PARSEABLE = {".abc", ".mxl", ".xml", ".musicxml", ".krn"}
 
 PRESETS = {
     "tiny": {"files": ["oneills1850/0001-0050.abc", "oneills1850/0721-0730.abc",
@@ -80,11 +57,6 @@ PRESETS = {
 
 
 # ================================================================ inputs
-def corpus_root() -> Path:
-    import music21
-    return Path(music21.__file__).resolve().parent / "corpus"
-
-
 def preset_files(preset: str) -> list[tuple[str, str]]:
     """(collection, relative path) of every input file of a preset, sorted."""
     spec = PRESETS[preset]
@@ -105,163 +77,7 @@ def preset_files(preset: str) -> list[tuple[str, str]]:
     return sorted(set(out))
 
 
-def abc_headers(text: str) -> dict[str, list[dict]]:
-    """X: number -> list (in file order) of {field letter: [values]} for each tune's header."""
-    tunes: dict[str, list[dict]] = {}
-    cur = None
-    for line in text.splitlines():
-        m = re.match(r"^([A-Za-z]):\s*(.*?)\s*$", line)
-        if not m:
-            continue
-        field, value = m.group(1), m.group(2)
-        if field == "X":
-            cur = {}
-            tunes.setdefault(value.strip(), []).append(cur)
-        elif cur is not None and field in "TORNQKMCBSZL":
-            cur.setdefault(field, []).append(value)
-    return tunes
-
-
-def check_readable(path: Path) -> str | None:
-    """One-line reason why ``path`` cannot be a score file, or None if it looks fine."""
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        return f"unreadable: {type(e).__name__}: {e.strerror or e}"
-    if not data.strip():
-        return "empty file"
-    suffix = path.suffix.lower()
-    if suffix not in PARSEABLE:
-        return f"unsupported file type '{suffix}'"
-    if suffix == ".abc":
-        if b"\x00" in data:
-            return "binary data in an ABC text file"
-        text = data.decode("latin-1")
-        if not re.search(r"^K:", text, re.M):
-            return "no ABC tune found (no K: header line)"
-    return None
-
-
-def parse_file(job: tuple[str, str, str]) -> dict:
-    """Worker: every piece of one file. job = (collection, relative path, absolute path)."""
-    import warnings
-
-    warnings.filterwarnings("ignore")
-    collection, rel, path = job
-    out = {"rel": rel, "pieces": [], "failures": {}, "file_error": None}
-    reason = check_readable(Path(path))
-    if reason:
-        out["file_error"] = reason
-        return out
-    try:
-        from music21 import converter, stream
-        with _lean_music21():
-            parsed = converter.parseFile(path, forceSource=True, storePickle=False)
-    except Exception as e:  # noqa: BLE001 - any parser failure is a reason, never fatal
-        out["file_error"] = f"parse_error: {type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
-        return out
-    headers = {}
-    if path.lower().endswith(".abc"):
-        headers = abc_headers(Path(path).read_bytes().decode("utf-8", errors="replace"))
-    scores = list(parsed.scores) if isinstance(parsed, stream.Opus) else [parsed]
-    if not scores:
-        out["file_error"] = "no scores found"
-        return out
-    tok = _worker_tokenizer()
-    stem = rel.rsplit(".", 1)[0]
-    used = {}
-    for i, s in enumerate(scores):
-        number = None
-        header = None
-        if headers:
-            number = str(s.metadata.number) if s.metadata is not None and s.metadata.number is not None else None
-            cands = headers.get(number) if number is not None else None
-            if cands:
-                k = used.get(number, 0)
-                header = cands[min(k, len(cands) - 1)]
-                used[number] = k + 1
-            elif len(scores) == 1 and len(headers) == 1:
-                header = next(iter(headers.values()))[0]
-        pid = f"{stem}#{number}" if len(scores) > 1 and number is not None else (stem if len(scores) == 1 else f"{stem}#{i}")
-        if pid in {p["id"] for p in out["pieces"]}:
-            pid = f"{pid}.{i}"
-        try:
-            score, meta = extract_piece(s, header, collection)
-        except Exception as e:  # noqa: BLE001
-            cause = f"extract_error:{type(e).__name__}"
-            out["failures"][cause] = out["failures"].get(cause, 0) + 1
-            continue
-        if score is None:
-            out["failures"][meta] = out["failures"].get(meta, 0) + 1
-            continue
-        try:
-            tokens = tk.score_to_tokens(tok, score)
-        except Exception as e:  # noqa: BLE001
-            cause = f"tokenize_error:{type(e).__name__}"
-            out["failures"][cause] = out["failures"].get(cause, 0) + 1
-            continue
-        meta["source_file"] = rel
-        notes_sig = hashlib.sha1(json.dumps(tokens).encode()).hexdigest()[:16]
-        out["pieces"].append({"id": pid, "collection": collection, "meta": meta, "tokens": tokens,
-                              "content_hash": notes_sig})
-    return out
-
-
-_TOKENIZER = None
-
-
-@contextlib.contextmanager
-def _lean_music21():
-    """Skip music21's notation work that we never read (beaming, clef guessing): ~2x faster
-    ABC parsing. Restored on exit, so music21 behaves normally outside the parse."""
-    from music21 import clef, stream
-
-    saved = stream.Stream.makeBeams, clef.bestClef
-
-    def no_beams(self, *args, inPlace=False, **kwargs):
-        return None if inPlace else self
-
-    stream.Stream.makeBeams = no_beams
-    clef.bestClef = lambda *a, **k: clef.TrebleClef()
-    try:
-        yield
-    finally:
-        stream.Stream.makeBeams, clef.bestClef = saved
-
-
-def _worker_tokenizer():
-    global _TOKENIZER
-    if _TOKENIZER is None:
-        _TOKENIZER = tk.make_tokenizer()
-    return _TOKENIZER
-
-
-# ================================================================ split, windows
-# collections whose titles name a tune (variants of one tune share it): split by title there.
-# Elsewhere titles repeat across different works (every Palestrina mass has a "Kyrie"): by id.
-SPLIT_BY_TITLE = {"essen", "oneills", "ryans", "aird", "folk", "bach"}
-
-
-def split_key(piece: dict) -> str:
-    """What the split hashes: the normalised title ("The Hag with the Money -- Jig" ->
-    "hagwithmoney", "25. Christ lag in Todesbanden" -> "christlagintodesbanden") in
-    SPLIT_BY_TITLE collections, else the piece id (windows of a piece share its base id)."""
-    meta = piece["meta"]
-    base_id = piece["id"].split("@", 1)[0]
-    if meta.get("collection", piece.get("collection")) not in SPLIT_BY_TITLE:
-        return f"id:{base_id}"
-    title = (meta.get("title") or "").lower()
-    title = re.sub(r"--.*$", "", title)  # Ryan's "Name -- Reel"
-    title = re.sub(r"^[\d\s.,:;-]+", "", title)  # "25. Christ lag ..."
-    norm = re.sub(r"[^a-z0-9]+", "", re.sub(r"\b(the|a|an|der|die|das)\b", "", title))
-    return f"title:{norm}" if len(norm) >= 4 else f"id:{base_id}"
-
-
-def split_of(key: str) -> str:
-    h = int.from_bytes(hashlib.sha1(key.encode()).digest()[:8], "big") % 1000
-    return "train" if h < SPLIT_BOUNDS[0] else ("val" if h < SPLIT_BOUNDS[1] else "test")
-
-
+# ================================================================ windows
 def windows(tokens: list[int], bar_id: int, timesig_ids: set[int], max_tokens: int, max_windows: int) -> list[list[int]]:
     """Cut ``tokens`` at Bar tokens into consecutive windows of at most ``max_tokens``.
 
@@ -316,8 +132,7 @@ def build(preset: str, data_dir: str | os.PathLike = "data", workers: int | None
     for extra in extra_files or []:
         p = Path(extra).resolve()
         jobs.append(("extra", f"extra/{p.name}", str(p)))
-    global _TOKENIZER
-    tok = _TOKENIZER = _TOKENIZER or tk.make_tokenizer()  # forked workers inherit it
+    tok = worker_tokenizer()  # forked workers inherit it
     config = {
         "pipeline_version": PIPELINE_VERSION, "preset": preset, "max_tokens": spec["max_tokens"],
         "long_pieces": spec["long"], "max_windows": spec["max_windows"], "min_notes": MIN_NOTES,
@@ -448,24 +263,6 @@ def print_summary(m: dict, out_dir: Path) -> None:
         print("  skipped pieces: " + ", ".join(f"{k} {v}" for k, v in m["failures"].items()))
     for rel, why in m["file_errors"].items():
         print(f"  unreadable file {rel}: {why}")
-
-
-def load_split(data_dir: str | os.PathLike, split: str) -> list[dict]:
-    """The rows of ``<data_dir>/<split>.jsonl`` (split in train/val/test)."""
-    if split not in SPLITS:
-        raise UserError(f"unknown split '{split}': choose one of {', '.join(SPLITS)}")
-    path = Path(data_dir) / f"{split}.jsonl"
-    if not path.exists():
-        raise UserError(f"no data at '{path}': run `divcfg data --preset small` (or the preset you meant) first")
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def load_manifest(data_dir: str | os.PathLike) -> dict:
-    path = Path(data_dir) / "manifest.json"
-    if not path.exists():
-        raise UserError(f"no manifest at '{path}': run `divcfg data` first")
-    return json.loads(path.read_text())
 
 
 # ================================================================ CLI

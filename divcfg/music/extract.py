@@ -19,7 +19,7 @@ major/minor), use a Krumhansl-Schmuckler estimate (major/minor; `captions.estima
 
 Metadata (title, composer, region, dance, genre, tempo) comes from the ABC header fields and
 the music21 metadata, via `divcfg.music.captions`. The build pipeline that calls this, one
-worker per file, is `divcfg.music.corpus`.
+worker per file, is `divcfg.music.sources` (called by `divcfg.music.corpus`).
 """
 
 from __future__ import annotations

@@ -247,7 +247,7 @@ def corpus_reference(data_dir, split: str = "val", max_pieces: int | None = None
                      seed: int = 0) -> dict[str, dict[str, float]]:
     """Reference values of the score metrics over real pieces of a split (the meter from each
     piece's ``meta``), for comparison with generations: ``{metric: {mean, std, n}}``."""
-    from divcfg.music.corpus import load_split
+    from divcfg.music.dataset import load_split
     from divcfg.music.tokenizer import load_tokenizer, tokens_to_score
     tok = load_tokenizer(data_dir)
     pieces = load_split(data_dir, split)

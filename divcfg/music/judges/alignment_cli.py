@@ -198,7 +198,7 @@ def run(args: argparse.Namespace) -> None:
     from divcfg.stages import run_per_seed
     if getattr(args, "action", None) == "train" and run_per_seed(args, run):
         return
-    from divcfg.music.corpus import load_split
+    from divcfg.music.dataset import load_split
     from divcfg.music.tokenizer import load_tokenizer
     from divcfg.models.base import check_device
     from divcfg.embedders.finish import JudgeRun

@@ -95,7 +95,7 @@ class ClipSet:
 def render_split(data_dir, split: str, sample_rate: int, max_pieces: int | None = None, seed: int = 0,
                  max_seconds: float = 30.0, progress: bool = True) -> ClipSet:
     """The rendered clips of ``split`` (a random subset of ``max_pieces``), from the cache when there."""
-    from divcfg.music.corpus import load_split
+    from divcfg.music.dataset import load_split
     from divcfg.music.tokenizer import load_tokenizer
     data_dir = Path(data_dir)
     if not (data_dir / "tokenizer.json").is_file():

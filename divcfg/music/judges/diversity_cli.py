@@ -64,7 +64,7 @@ def load_piece_notes(data_dir, split: str, max_pieces: int | None = None, seed: 
                      progress: bool = True) -> tuple[list[np.ndarray], list[dict]]:
     """Decode a split of the data cache into note arrays (quarters). Returns (notes, pieces); each
     returned piece dict also has ``bar_beats``, its bar length in quarters (first time signature)."""
-    from divcfg.music.corpus import load_split
+    from divcfg.music.dataset import load_split
     from divcfg.music.tokenizer import load_tokenizer, tokens_to_score
     tok = load_tokenizer(data_dir)
     pieces = load_split(data_dir, split)
