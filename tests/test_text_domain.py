@@ -113,7 +113,7 @@ def test_missing_special_tokens_are_added(specials, added):
 def test_the_core_does_not_import_the_music_package():
     code = ("import sys; import divcfg.finetune, divcfg.evaluation, divcfg.merging, divcfg.sample, divcfg.rewards, "
             "divcfg.sampling, divcfg.guidance, divcfg.objectives, divcfg.models.base, divcfg.judges.text, "
-            "divcfg.domains.base, divcfg.domains.text; "
+            "divcfg.domains.base, divcfg.domains.text, divcfg.pretrain, divcfg.prompts, divcfg.listening.media; "
             "print([m for m in sys.modules if m.startswith(('divcfg.music', 'divcfg.domains.music', 'music21', "
             "'miditok'))])")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
