@@ -107,11 +107,6 @@ def key_pitch_class(key: str | None) -> tuple[int, str] | None:
     from divcfg.music.attributes import parse_key
     parsed = parse_key(key)
     return parsed if parsed is not None and parsed[1] in ("major", "minor") else None
-    name = parts[0].replace("-", "b")
-    for names in (SHARP_NAMES, FLAT_NAMES):
-        if name in names:
-            return names.index(name), parts[1]
-    return None
 
 
 def in_key_rate(tokenizer, seqs: list[list[int]], requested: list[str | None]) -> float:
