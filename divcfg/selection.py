@@ -214,7 +214,8 @@ def add_arguments(parser) -> None:
     from divcfg.demo import PRESETS
     parser.add_argument("--preset", choices=sorted(PRESETS), default="demo", help="the demo preset whose students are compared")
     parser.add_argument("--demo-root", default=None, help="the demo's run folder (default runs/<preset>): its γ* and checkpoints")
-    parser.add_argument("--candidates", default="additive:2,additive:5,multiplicative:5,multiplicative:10,multiplicative:20",
+    parser.add_argument("--candidates", default="additive:5,additive:10,additive:15,additive:20,additive:40,additive:10:g4,additive:10:t2,"
+                        "additive:15:t2,multiplicative:20,multiplicative:40",
                         help="form:β[:gG][:fkl][:tγ] items (form: additive, multiplicative or length; gG: G generations per "
                         "prompt, leave-one-out baseline, 16/G prompts per step; fkl: forward KL to the teacher; "
                         "tγ: the CFG teacher at γ instead of the demo's γ*)")
