@@ -80,6 +80,9 @@ def runners(args, model, device, bf16: bool) -> dict:
     out = {"divcfg plain": divcfg(gamma=1.0),
            "divcfg CFG batched 2B": divcfg(gamma=g, cfg_mode="batched"),
            "divcfg CFG two-pass": divcfg(gamma=g, cfg_mode="two_pass")}
+    if args.compile and hasattr(model, "new_compiled_cache"):
+        out.update({"divcfg plain, compiled": divcfg(gamma=1.0, compile=True),
+                    "divcfg CFG batched 2B, compiled": divcfg(gamma=g, cfg_mode="batched", compile=True)})
     if args.reference and device.type == "cpu" and not args.checkpoint:
         from reference_sampler import reference_sample
         out.update({"before: plain": divcfg(reference_sample, gamma=1.0),
@@ -114,11 +117,17 @@ def runners(args, model, device, bf16: bool) -> dict:
     return out
 
 
-def measure(fns: dict, repeats: int, device: torch.device) -> dict[str, tuple[float, float]]:
-    """name -> (best wall seconds, best CPU seconds), the configurations interleaved per repeat."""
+def measure(fns: dict, repeats: int, device: torch.device) -> tuple[dict, dict]:
+    """name -> (best wall seconds, best CPU seconds), the configurations interleaved per repeat;
+    and name -> (wall, CPU seconds) of its first (warm-up) call, which compiles the compiled rows."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    for fn in fns.values():  # warm-up (allocator, autocast weight cache, lazy imports, cuBLAS)
+    first = {}
+    for name, fn in fns.items():  # warm-up (allocator, autocast weight cache, lazy imports, cuBLAS, compile)
+        sync()
+        w0, c0 = time.perf_counter(), time.process_time()
         fn()
+        sync()
+        first[name] = (time.perf_counter() - w0, time.process_time() - c0)
     best = {k: (float("inf"), float("inf")) for k in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
@@ -128,7 +137,7 @@ def measure(fns: dict, repeats: int, device: torch.device) -> dict[str, tuple[fl
             sync()
             w, c = time.perf_counter() - w0, time.process_time() - c0
             best[name] = (min(best[name][0], w), min(best[name][1], c))
-    return best
+    return best, first
 
 
 def main() -> None:
@@ -144,6 +153,8 @@ def main() -> None:
                     help="also time sampling without the KV cache at this length (0: skip)")
     ap.add_argument("--reference", action=argparse.BooleanOptionalAction, default=True,
                     help="also time the sampler as it was before the speed work (CPU, built-in model)")
+    ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
+                    help="also time the opt-in compiled decode path (sample(..., compile=True))")
     ap.add_argument("--peer", action=argparse.BooleanOptionalAction, default=True,
                     help="also time Hugging Face generate on a same-size GPT-2")
     ap.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
@@ -163,7 +174,7 @@ def main() -> None:
           f"{args.length}, γ={args.gamma}, bf16={bf16}, device {device.type} ({hw}), threads={torch.get_num_threads()}, "
           f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}, best of {args.repeats}")
     fns = runners(args, model, device, bf16)
-    best = measure(fns, args.repeats, device)
+    best, first = measure(fns, args.repeats, device)
     tokens = {k: args.batch * (args.no_cache_length if "no KV cache" in k else args.length) for k in fns}
     wall = {k: tokens[k] / best[k][0] for k in fns}
     cpu = {k: tokens[k] / best[k][1] for k in fns}
@@ -185,8 +196,21 @@ def main() -> None:
     ratio("plain / CFG two-pass, divcfg", "divcfg plain", "divcfg CFG two-pass")
     ratio("plain / CFG, HF generate", "HF generate plain", "HF generate CFG (guidance_scale)")
     ratio("plain / CFG batched, before", "before: plain", "before: CFG batched 2B")
+    ratio("divcfg plain compiled / HF generate plain", "divcfg plain, compiled", "HF generate plain")
+    ratio("divcfg plain compiled / HF generate plain fp32", "divcfg plain, compiled", "HF generate plain, fp32")
+    ratio("divcfg CFG batched compiled / HF generate CFG", "divcfg CFG batched 2B, compiled",
+          "HF generate CFG (guidance_scale)")
+    ratio("plain / CFG batched, divcfg compiled", "divcfg plain, compiled", "divcfg CFG batched 2B, compiled")
+    ratio("compiled / eager, divcfg plain", "divcfg plain, compiled", "divcfg plain")
+    ratio("compiled / eager, divcfg CFG batched 2B", "divcfg CFG batched 2B, compiled", "divcfg CFG batched 2B")
     for name in ("plain", "CFG batched 2B", "CFG two-pass"):
         ratio(f"after / before, {name}", f"divcfg {name}", f"before: {name}")
+    compiled = [k for k in fns if k.endswith(", compiled")]
+    if compiled:
+        print("\ncompile (first call, minus a timed call; paid once per process and shape):")
+        for k in compiled:
+            print(f"  {k:<42} {first[k][0] - best[k][0]:>6.1f} s wall {first[k][1] - best[k][1]:>6.1f} s CPU "
+                  f"(first call {first[k][0]:.1f} s wall)")
 
 
 if __name__ == "__main__":
