@@ -170,9 +170,8 @@ def sample(model, cond: torch.Tensor, *, max_new_tokens: int, temperature: float
     done = torch.zeros(B, dtype=torch.bool, device=device)
 
     new_cache = (lambda n: model.new_cache(n, precision.cache_dtype)) if use_cache else None
-    if compile:  # sized for this run: BOS and the sampled tokens after the prefix
-        new_cache = (lambda n: model.new_compiled_cache(n, precision.cache_dtype, positions=max_new_tokens + 1,
-                                                        autocast_dtype=precision.autocast_dtype))
+    if compile:
+        new_cache = (lambda n: model.new_compiled_cache(n, precision.cache_dtype, precision.autocast_dtype))
     if batched:
         cond_in = torch.cat([cond, cond])
         null_in = torch.arange(2 * B, device=device) >= B  # [cond rows; null rows]
