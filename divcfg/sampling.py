@@ -171,7 +171,8 @@ def sample(model, cond: torch.Tensor, *, max_new_tokens: int, temperature: float
 
     new_cache = (lambda n: model.new_cache(n, precision.cache_dtype)) if use_cache else None
     if compile:
-        new_cache = (lambda n: model.new_compiled_cache(n, precision.cache_dtype, precision.autocast_dtype))
+        new_cache = (lambda n: model.new_compiled_cache(n, precision.cache_dtype, precision.autocast_dtype,
+                                                        positions=max_new_tokens + 1))  # BOS + the tokens fed
     if batched:
         cond_in = torch.cat([cond, cond])
         null_in = torch.arange(2 * B, device=device) >= B  # [cond rows; null rows]

@@ -11,7 +11,10 @@ the CPU; the linears stay oneDNN/BLAS calls) that serves every position:
 - the new key/value are not written inside the graph: attention is a softmax over [cached
   positions, the new one] written out, the graph returns the new keys/values of all layers and
   the decoder writes them with one indexed copy per cache tensor;
-- keys are stored transposed, (L, B, H, hd, S), so ``q·K`` vectorises over positions;
+- keys are stored transposed, (L, B, H, hd, S), so ``q·K`` vectorises over positions; the cache
+  is sized for the run (``sample`` passes ``max_new_tokens``), rounded up to 64 positions, since
+  its strides are part of the graph and a ``max_len`` (644-position) cache measured no faster
+  than eager (each key row spread over more memory);
 - the weights are passed as two flat tensors (linears in the compute dtype, cast once per cache;
   embeddings and layer norms as stored) sliced inside the graph: a handful of tensor guards.
 

@@ -229,16 +229,19 @@ class MusicTransformer(nn.Module):
         return KVCache.empty(self.cfg, batch, p.device, dtype or p.dtype)
 
     def new_compiled_cache(self, batch: int, dtype: torch.dtype | None = None,
-                           autocast_dtype: torch.dtype | None = None) -> KVCache:
+                           autocast_dtype: torch.dtype | None = None, positions: int | None = None) -> KVCache:
         """A KV cache whose decode steps run through a ``torch.compile``d graph
         (``divcfg.models.fast_decode``; opt-in, ``sample(..., compile=True)``). ``autocast_dtype``: the
         autocast dtype the steps will run under (None: none); the linear weights are cast to it
-        once, here. Always ``max_len`` positions (uninitialised, untouched pages cost no memory):
-        the cache's strides are part of the compiled graph, so one size means one graph."""
+        once, here. Sized for the prefix plus ``positions`` token positions (default ``max_len``)
+        rounded up to a multiple of 64: the cache's strides are part of the compiled graph (one
+        graph per rounded size), and a cache much longer than the run was measured slower (the
+        transposed keys' rows are spread over more memory)."""
         from divcfg.models.fast_decode import CompiledDecoder
 
         cfg, p = self.cfg, self.null_prefix
-        size = cfg.n_prefix + cfg.max_len
+        full = cfg.n_prefix + cfg.max_len
+        size = full if positions is None else min(full, -(-(cfg.n_prefix + positions) // 64) * 64)
         hd = cfg.d_model // cfg.n_head
         # keys stored transposed, (L, B, H, hd, S), for the compiled step's one-query attention; the
         # prefill writes them through (B, H, S, hd) views
