@@ -136,10 +136,19 @@ def _autocast(device_type: str, dtype: torch.dtype | None):
 def sample(model, cond: torch.Tensor, *, max_new_tokens: int, temperature: float = 1.0, top_k: int = 0,
            top_p: float = 1.0, gamma: float = 1.0, cfg_mode: str = "batched", use_cache: bool = True,
            generator: torch.Generator | None = None, autocast: bool = False,
-           min_new_tokens: int = 0) -> SampleOutput:
+           min_new_tokens: int = 0, compile: bool = False) -> SampleOutput:
     """Sample ``B = cond.shape[0]`` continuations of ``[BOS]`` (one per condition row) on
     ``cond.device``. EOS is forbidden before ``min_new_tokens`` tokens (as in Hugging Face
-    generation). ``autocast``: bf16 where the device supports it (see ``choose_precision``)."""
+    generation). ``autocast``: bf16 where the device supports it (see ``choose_precision``).
+    ``compile``: opt-in decode steps through ``torch.compile``d fixed-shape graphs, for generators
+    with ``new_compiled_cache`` (the built-in transformer; ``divcfg.models.fast_decode``): the same
+    distribution up to float rounding (not the same bits as the default path), compiled on first
+    use of each shape (seconds), then faster where a step is bound by per-op overhead."""
+    if compile and not use_cache:
+        raise ValueError("compile=True needs use_cache=True")
+    if compile and not hasattr(model, "new_compiled_cache"):
+        raise ValueError(f"compile=True: {type(model).__name__} has no compiled decoding (new_compiled_cache); "
+                         "it is available for the built-in transformer")
     if cfg_mode not in CFG_MODES:
         raise ValueError(f"cfg_mode must be one of {CFG_MODES}, got {cfg_mode!r}")
     if temperature <= 0:
@@ -161,6 +170,9 @@ def sample(model, cond: torch.Tensor, *, max_new_tokens: int, temperature: float
     done = torch.zeros(B, dtype=torch.bool, device=device)
 
     new_cache = (lambda n: model.new_cache(n, precision.cache_dtype)) if use_cache else None
+    if compile:
+        new_cache = (lambda n: model.new_compiled_cache(n, precision.cache_dtype, precision.autocast_dtype,
+                                                        positions=max_new_tokens + 1))  # BOS + the tokens fed
     if batched:
         cond_in = torch.cat([cond, cond])
         null_in = torch.arange(2 * B, device=device) >= B  # [cond rows; null rows]

@@ -55,12 +55,14 @@ class KVCache:
     """Preallocated keys/values for every layer: ``k[l], v[l]`` of shape (B, H, P+max_len, hd),
     views of one (2, B, H, P+max_len, hd) tensor ``kv[l]`` (so a decode step writes and reads
     both with one op). ``weights``: the decode step's copies of the linear weights in the autocast
-    dtype, made once per cache (the weights do not change while one cache is in use)."""
+    dtype, made once per cache (the weights do not change while one cache is in use). ``decoder``:
+    None (the eager decode step), or the compiled one of ``MusicTransformer.new_compiled_cache``."""
     k: list[torch.Tensor]
     v: list[torch.Tensor]
     pos: int = 0  # number of positions already written
     kv: list[torch.Tensor] = field(default_factory=list)
     weights: dict = field(default_factory=dict, repr=False)
+    decoder: object = field(default=None, repr=False)
 
     @classmethod
     def empty(cls, cfg: ModelConfig, batch: int, device, dtype) -> "KVCache":
@@ -226,6 +228,29 @@ class MusicTransformer(nn.Module):
         p = self.null_prefix
         return KVCache.empty(self.cfg, batch, p.device, dtype or p.dtype)
 
+    def new_compiled_cache(self, batch: int, dtype: torch.dtype | None = None,
+                           autocast_dtype: torch.dtype | None = None, positions: int | None = None) -> KVCache:
+        """A KV cache whose decode steps run through a ``torch.compile``d graph
+        (``divcfg.models.fast_decode``; opt-in, ``sample(..., compile=True)``). ``autocast_dtype``: the
+        autocast dtype the steps will run under (None: none); the linear weights are cast to it
+        once, here. Sized for the prefix plus ``positions`` token positions (default ``max_len``)
+        rounded up to a multiple of 64: the cache's strides are part of the compiled graph (one
+        graph per rounded size), and a cache much longer than the run was measured slower (the
+        transposed keys' rows are spread over more memory)."""
+        from divcfg.models.fast_decode import CompiledDecoder
+
+        cfg, p = self.cfg, self.null_prefix
+        full = cfg.n_prefix + cfg.max_len
+        size = full if positions is None else min(full, -(-(cfg.n_prefix + positions) // 64) * 64)
+        hd = cfg.d_model // cfg.n_head
+        # keys stored transposed, (L, B, H, hd, S), for the compiled step's one-query attention; the
+        # prefill writes them through (B, H, S, hd) views
+        keys = torch.empty((cfg.n_layer, batch, cfg.n_head, hd, size), device=p.device, dtype=dtype or p.dtype)
+        values = torch.empty((cfg.n_layer, batch, cfg.n_head, size, hd), device=p.device, dtype=dtype or p.dtype)
+        cache = KVCache(list(keys.transpose(3, 4).unbind(0)), list(values.unbind(0)))
+        cache.decoder = CompiledDecoder(self, keys, values, autocast_dtype)
+        return cache
+
     def forward_step(self, tokens: torch.Tensor, cache: KVCache, cond: torch.Tensor | None = None,
                      null_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Incremental forward. On an empty cache the prefix is prepended (prefill); returns the
@@ -233,6 +258,8 @@ class MusicTransformer(nn.Module):
         B, T = tokens.shape
         P = self.cfg.n_prefix
         if cache.pos > 0 and T == 1 and not self.training:
+            if cache.decoder is not None:
+                return cache.decoder(tokens[:, 0], cache)
             return self._decode_one(tokens[:, 0], cache)
         if cache.pos == 0:
             pre = self.prefix(cond, null_mask, B) + self.pos_emb.weight[:P]
