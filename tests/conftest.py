@@ -37,3 +37,19 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def cond_model():
+    """A tiny built-in transformer (2 layers, d=32, vocab 40, max_len 48, seed 0) whose condition
+    projection is scaled ×20 so the condition matters: the sampler tests' model."""
+    import torch
+
+    from divcfg.models.transformer import ModelConfig, MusicTransformer
+    torch.manual_seed(0)
+    m = MusicTransformer(ModelConfig(vocab_size=40, n_layer=2, n_head=2, d_model=32, n_prefix=2,
+                                     max_len=48, dropout=0.0))
+    with torch.no_grad():
+        for p in m.cond_proj.parameters():
+            p.mul_(20)
+    return m.eval()

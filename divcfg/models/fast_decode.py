@@ -44,20 +44,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from divcfg.models.transformer import effective_linear as transformer_effective_linear
+
+
 def effective_linear(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(weight, bias) of a linear layer: an ``nn.Linear``, or a peft LoRA layer as its effective
-    weight ``W + s·B·A`` (``W`` alone while its adapters are disabled), as the eager step's
-    ``_linear`` does under autocast."""
-    if isinstance(layer, nn.Linear):
-        return layer.weight, layer.bias
-    if isinstance(getattr(layer, "base_layer", None), nn.Linear) and hasattr(layer, "get_delta_weight"):
-        weight, bias = layer.base_layer.weight, layer.base_layer.bias
-        if not layer.disable_adapters and not layer.merged:
-            for name in layer.active_adapters:
-                if name in layer.lora_A:
-                    weight = weight + layer.get_delta_weight(name)
-        return weight, bias
-    raise TypeError(f"compiled decoding supports nn.Linear and peft LoRA layers, not {type(layer).__name__}")
+    """(weight, bias) of a linear layer or a peft LoRA layer, as the eager step's ``_linear`` uses them."""
+    pair = transformer_effective_linear(layer)
+    if pair is None:
+        raise TypeError(f"compiled decoding supports nn.Linear and peft LoRA layers, not {type(layer).__name__}")
+    return pair
 
 
 def _flatten(tensors: list[torch.Tensor | None], dtype: torch.dtype) -> tuple[torch.Tensor, tuple]:

@@ -73,6 +73,21 @@ class KVCache:
         return cls([t[0] for t in kv], [t[1] for t in kv], kv=kv)
 
 
+def effective_linear(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """(weight, bias) of a linear layer: an ``nn.Linear``, or a peft LoRA layer as its effective weight
+    ``W + s·B·A`` (``W`` alone while its adapters are disabled); None for any other module."""
+    if isinstance(layer, nn.Linear):
+        return layer.weight, layer.bias
+    if isinstance(getattr(layer, "base_layer", None), nn.Linear) and hasattr(layer, "get_delta_weight"):
+        weight, bias = layer.base_layer.weight, layer.base_layer.bias
+        if not layer.disable_adapters and not layer.merged:
+            for name in layer.active_adapters:
+                if name in layer.lora_A:
+                    weight = weight + layer.get_delta_weight(name)
+        return weight, bias
+    return None
+
+
 def _linear(layer: nn.Linear, x: torch.Tensor, dtype: torch.dtype | None, cache: KVCache) -> torch.Tensor:
     """``layer(x)``, or what autocast to ``dtype`` computes for it (input and weights cast to
     ``dtype``), with the weight copies kept in ``cache.weights`` instead of autocast's per-op path.
@@ -82,17 +97,11 @@ def _linear(layer: nn.Linear, x: torch.Tensor, dtype: torch.dtype | None, cache:
         return layer(x)
     w = cache.weights.get(id(layer))
     if w is None:
-        if isinstance(layer, nn.Linear):
-            weight, bias = layer.weight, layer.bias
-        elif isinstance(getattr(layer, "base_layer", None), nn.Linear) and hasattr(layer, "get_delta_weight"):
-            weight, bias = layer.base_layer.weight, layer.base_layer.bias
-            if not layer.disable_adapters and not layer.merged:
-                for name in layer.active_adapters:
-                    if name in layer.lora_A:
-                        weight = weight + layer.get_delta_weight(name)
-        else:
+        pair = effective_linear(layer)
+        if pair is None:
             with torch.autocast(x.device.type, dtype=dtype):
                 return layer(x)
+        weight, bias = pair
         w = cache.weights[id(layer)] = (weight.to(dtype), None if bias is None else bias.to(dtype))
     return F.linear(x.to(dtype), w[0], w[1])
 
