@@ -90,3 +90,23 @@ def test_compile_needs_a_cache_and_a_model_that_has_it(model):
 
 def test_default_caches_use_the_eager_step(model):
     assert model.new_cache(2).decoder is None
+
+
+def test_a_missing_cxx_compiler_is_one_clear_error(monkeypatch):
+    """Inductor's CPU backend needs a C++ compiler: without one, compile=True stops with one UserError
+    naming the fix, not dynamo's traceback (a one-layer model: a graph no other test compiled)."""
+    import torch._inductor.config as inductor_config
+
+    from divcfg.errors import UserError
+    from divcfg.models.transformer import ModelConfig, MusicTransformer
+    monkeypatch.setattr(inductor_config, "fx_graph_cache", False)
+    monkeypatch.setattr(inductor_config.cpp, "cxx", ("/nonexistent/g++",))
+    torch.manual_seed(0)
+    m = MusicTransformer(ModelConfig(vocab_size=30, n_layer=1, n_head=2, d_model=16, n_prefix=2, max_len=20,
+                                     dropout=0.0)).eval()
+    try:
+        with pytest.raises(UserError, match="C\\+\\+ compiler") as err:
+            sample(m, torch.randn(2, 384), max_new_tokens=5, compile=True)
+        assert "\n" not in str(err.value) and "g++" in str(err.value)
+    finally:
+        torch._dynamo.reset()

@@ -44,6 +44,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from divcfg.errors import UserError
 from divcfg.models.transformer import effective_linear as transformer_effective_linear
 
 
@@ -184,7 +185,14 @@ class CompiledDecoder:
             torch._dynamo.maybe_mark_dynamic(keys, 4)
             torch._dynamo.maybe_mark_dynamic(values, 3)
         with torch.autocast(device, enabled=False):
-            logits, k, v = self.step(token, torch.tensor([pos], device=token.device), keys, values, *self.weights)
+            try:
+                logits, k, v = self.step(token, torch.tensor([pos], device=token.device), keys, values,
+                                         *self.weights)
+            except torch._dynamo.exc.BackendCompilerFailed as e:
+                first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
+                raise UserError(f"compiled decoding: torch.compile could not build the decode step ({first[:160]}): "
+                                f"install a C++ compiler (gcc/g++) for its CPU backend, or sample without "
+                                f"compile / --compile") from None
         self.keys[..., pos] = k
         self.values[:, :, :, pos] = v
         cache.pos = pos + 1
