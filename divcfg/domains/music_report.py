@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from markupsafe import Markup
 
+from divcfg.domains.music_media import tokenizer_for
 from divcfg.report.html import render_fragment
 from divcfg.report.inputs import ASSETS
 from divcfg.report.section import Column, ReferenceLine, ReportSection, SampleOptions
@@ -130,16 +131,6 @@ class Renderer:
                     entry["wav"] = f"{ASSETS}/{stem.name}.wav"
         self.cache[key] = entry
         return entry
-
-
-def tokenizer_for(results: dict):
-    """The REMI tokenizer of the first evaluated checkpoint that carries one, else the data set's."""
-    from divcfg.music.tokenizer import load_tokenizer
-    for r in results["systems"]:
-        f = Path(r["checkpoint"]) / "tokenizer.json"
-        if f.exists():
-            return load_tokenizer(f)
-    return load_tokenizer(results["config"]["data_dir"])
 
 
 class MusicSection(ReportSection):
