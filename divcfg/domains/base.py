@@ -133,14 +133,8 @@ def domain_for_output(generator) -> Domain:
     """The domain whose writer suits a generator's completions, without prompts or judges
     (``divcfg sample``): WAV files for audio generators (MusicGen), text files for text LMs,
     MIDI/WAV for the built-in music model."""
-    if getattr(generator, "completion_kind", "tokens") == "audio":
-        from divcfg.domains.audio import AudioDomain
-        return AudioDomain(None)
-    if getattr(generator, "completion_kind", "tokens") == "text":
-        from divcfg.domains.text import TextDomain
-        return TextDomain(None)
-    from divcfg.domains.music import MusicDomain
-    return MusicDomain(None)
+    kind = getattr(generator, "completion_kind", "tokens")
+    return domain_named(kind if kind in ("audio", "text") else "music")
 
 
 def domain_named(name: str) -> Domain:
