@@ -131,6 +131,9 @@ def register_reward(name: str, fn: RewardFn | None = None):
 
 def get_reward(name: str, **bound) -> RewardFn:
     """The registered function, with keyword arguments ``bound`` (e.g. ``embedder=E``) fixed."""
+    if name not in _REGISTRY:   # a plug-in's reward (music's "validity") registers when its domain is imported
+        from divcfg.domains.base import import_builtin_domains
+        import_builtin_domains()
     if name not in _REGISTRY:
         raise UserError(f"unknown reward '{name}': choose one of {', '.join(sorted(_REGISTRY))} "
                         f"or register it with divcfg.rewards.register_reward")

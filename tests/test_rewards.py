@@ -98,3 +98,12 @@ def test_custom_rewards_plug_in(setup):
         R.get_reward("nope")
     with pytest.raises(UserError):
         R.combine_rewards([lambda p, g, **kw: [1.0]], ["a", "b"], gens)
+
+
+def test_a_plug_in_reward_is_found_by_name_without_importing_its_domain_first():
+    import subprocess
+    import sys
+    code = ("import sys; from divcfg.rewards import get_reward; assert 'divcfg.domains.music' not in sys.modules; "
+            "f = get_reward('validity'); print(f.__module__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "divcfg.domains.music"

@@ -137,17 +137,29 @@ def domain_for_output(generator) -> Domain:
     return domain_named(kind if kind in ("audio", "text") else "music")
 
 
+# the built-in plug-ins: name → (module, class); importing a module also registers its rewards
+BUILTIN_DOMAINS = {"music": ("divcfg.domains.music", "MusicDomain"), "text": ("divcfg.domains.text", "TextDomain"),
+                   "audio": ("divcfg.domains.audio", "AudioDomain")}
+
+
 def domain_named(name: str) -> Domain:
     """The domain a run recorded by name (``results.json``'s ``domain``), without prompts or data: what
     a finished run needs of it (rendering its generations, loading its judges' checkpoints)."""
+    import importlib
+
     from divcfg.errors import UserError
-    if name == "music":
-        from divcfg.domains.music import MusicDomain
-        return MusicDomain(None)
-    if name == "text":
-        from divcfg.domains.text import TextDomain
-        return TextDomain(None)
-    if name == "audio":
-        from divcfg.domains.audio import AudioDomain
-        return AudioDomain(None)
-    raise UserError(f"unknown domain {name!r}: choose one of music, text, audio")
+    if name not in BUILTIN_DOMAINS:
+        raise UserError(f"unknown domain {name!r}: choose one of {', '.join(BUILTIN_DOMAINS)}")
+    module, cls = BUILTIN_DOMAINS[name]
+    return getattr(importlib.import_module(module), cls)(None)
+
+
+def import_builtin_domains() -> None:
+    """Import every built-in domain plug-in whose dependencies are installed, so that the rewards they
+    register (e.g. music's ``validity``) can be found by name."""
+    import importlib
+    for module, _ in BUILTIN_DOMAINS.values():
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            pass
