@@ -260,8 +260,43 @@ def run_selection(preset: str, demo_root: str, candidates: list[Candidate], out:
               "rows": rows, "chosen": chosen, "why": why, "provenance": provenance(seeds[0], stage="select")}
     write_json_atomic(out_dir / "selection.json", result)
     (out_dir / "selection.md").write_text(format_table(result) + "\n")
+    plot_selection(result, out_dir / "selection.png")
     print(format_table(result))
     return result
+
+
+def plot_selection(result: dict, png: Path) -> None:
+    """The validation plane: x = quality, y = diversity; the base and β=0, each candidate's seed points
+    joined to its mean, the mean's ± SE of Δq as a horizontal bar; dashed lines at the base's quality
+    and diversity (the rule's bar, upper right of both)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rows = result["rows"]
+    fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    base = rows["base"]
+    ax.axvline(base["quality"], color="0.5", ls="--", lw=0.8)
+    ax.axhline(base["diversity"], color="0.5", ls="--", lw=0.8)
+    ax.plot(base["quality"], base["diversity"], "kX", ms=9, label="base")
+    ax.plot(rows["beta0"]["quality"], rows["beta0"]["diversity"], "D", color="#2ca02c", ms=7, label="β=0")
+    palette = [c for j, c in enumerate(plt.cm.tab10.colors) if j != 2]   # green is β=0's
+    for i, (name, r) in enumerate((k, v) for k, v in rows.items() if k not in ("base", "beta0")):
+        c = palette[(i + 1) % len(palette)]
+        for s in (r.get("per_seed") or {}).values():
+            ax.plot([s["quality"], r["quality"]], [s["diversity"], r["diversity"]], "-", color=c, lw=0.6, alpha=0.6)
+            ax.plot(s["quality"], s["diversity"], ".", color=c, alpha=0.7)
+        ax.errorbar(r["quality"], r["diversity"], xerr=r.get("quality_se") or 0, fmt="o", color=c, ms=7,
+                    mfc="white" if name != result["chosen"] else c, capsize=3,
+                    label=r.get("label", name) + (" (chosen)" if name == result["chosen"] else ""))
+    seeds = result.get("seeds", [0])
+    ax.set_xlabel("quality on validation prompts (alignment scorer)")
+    ax.set_ylabel("diversity (1 − cos of E, within prompt)")
+    ax.set_title(f"{result['num_prompts']} validation prompts × {result['generations']}, seeds "
+                 f"{', '.join(map(str, seeds))}; bars: ± SE of Δq", fontsize=9)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
 
 
 def format_table(result: dict) -> str:

@@ -10,8 +10,8 @@ import pytest
 
 from divcfg.demo import student_dir
 from divcfg.errors import UserError
-from divcfg.selection import (SAMPLES_PER_STEP, Candidate, choose, group_flags, parse_candidates, prompt_qualities,
-                              quality_difference_se)
+from divcfg.selection import (SAMPLES_PER_STEP, Candidate, choose, group_flags, parse_candidates, plot_selection,
+                              prompt_qualities, quality_difference_se)
 
 
 def test_candidates_parse_with_optional_modifiers():
@@ -111,3 +111,13 @@ def test_prompt_qualities_average_one_systems_generations(tmp_path):
     f = tmp_path / "samples.jsonl"
     f.write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert prompt_qualities(f, "base") == pytest.approx({0: 0.3, 1: 0.5})
+
+
+def test_the_selection_plane_is_drawn(tmp_path):
+    rows = {"base": {"quality": 0.30, "diversity": 0.70}, "beta0": {"quality": 0.40, "diversity": 0.60},
+            "a": {"quality": 0.31, "quality_se": 0.01, "diversity": 0.72, "label": "additive β=5",
+                  "per_seed": {"0": {"quality": 0.30, "diversity": 0.71}, "1": {"quality": 0.32, "diversity": 0.73}}}}
+    plot_selection({"rows": rows, "chosen": "a", "seeds": [0, 1], "num_prompts": 4, "generations": 2},
+                   tmp_path / "s.png")
+    png = (tmp_path / "s.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
