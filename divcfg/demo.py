@@ -51,6 +51,7 @@ class DemoPreset:
                                     # 16/G prompts per step: divcfg.selection.group_flags)
     divergence: str = "reverse_kl"  # the diversity student's divergence to the teacher (β=0: always reverse KL)
     teacher_gamma: float | None = None  # the diversity student's CFG teacher γ (None: γ*; β=0 always distils γ*)
+    train_tokens: int | None = None     # the diversity student's training token cap (None: the finetune preset's)
     seeds: tuple[int, ...] = (0,)   # the students' training seeds (--seeds overrides)
     threads: int = 2
     shipped: bool = False   # base, E and scorer from divcfg.pretrained (the three stages above: --from-scratch)
@@ -145,11 +146,12 @@ def choose_gamma(results_file: Path) -> tuple[float, dict[float, float]]:
 
 def diversity_recipe(p: DemoPreset) -> Candidate:
     """The preset's diversity student as a `divcfg select` candidate (its flags and folder suffix)."""
-    return Candidate(p.reward_form, p.beta, p.group_size, p.divergence, p.teacher_gamma)
+    return Candidate(p.reward_form, p.beta, p.group_size, p.divergence, p.teacher_gamma, p.train_tokens)
 
 
 def student_dir(root: Path, beta: float, seed: int, form: str = "additive", group: int = 2,
-                divergence: str = "reverse_kl", teacher_gamma: float | None = None) -> Path:
+                divergence: str = "reverse_kl", teacher_gamma: float | None = None,
+                train_tokens: int | None = None) -> Path:
     """A student's folder: ``ft_beta{β}`` for seed 0 (as a single-seed demo writes it), ``ft_beta{β}_s{seed}``;
     a diversity student of another recipe than the paper's (additive, G=2, reverse KL) carries its
     suffixes, e.g. ``ft_beta5_mult``, ``ft_beta5_g4_fkl_t3_s1`` (never mistaken for a cached
@@ -157,7 +159,7 @@ def student_dir(root: Path, beta: float, seed: int, form: str = "additive", grou
     name = f"ft_beta{beta:g}"
     if beta > 0:
         name += ("" if form == "additive" else f"_{FORMS[form]}")
-        name += Candidate(form, beta, group, divergence, teacher_gamma).modifiers
+        name += Candidate(form, beta, group, divergence, teacher_gamma, train_tokens).modifiers
     return root / (name if seed == 0 else f"{name}_s{seed}")
 
 
@@ -182,10 +184,10 @@ def run_demo(preset: str = "demo", root: str | None = None, data_root: str = "da
         from divcfg.selection import parse_candidates
         cands = parse_candidates(recipe, "--recipe")
         if len(cands) != 1:
-            raise UserError(f"--recipe takes one form:β[:gG][:fkl][:tγ] item, e.g. additive:5:g4:fkl: got {recipe!r}")
+            raise UserError(f"--recipe takes one form:β[:gG][:fkl][:tγ][:nN] item, e.g. additive:5:g4:fkl: got {recipe!r}")
         c = cands[0]
         p = dataclasses.replace(p, reward_form=c.form, beta=c.beta, group_size=c.group, divergence=c.divergence,
-                                teacher_gamma=c.teacher_gamma)
+                                teacher_gamma=c.teacher_gamma, train_tokens=c.max_new_tokens)
     seeds = tuple(seeds) if seeds else p.seeds
     if beta is not None:
         if beta <= 0:
@@ -262,7 +264,8 @@ def run_demo(preset: str = "demo", root: str | None = None, data_root: str = "da
     students = {"quality": [], "diversity": []}   # one β=0 and one β>0 student per seed
     for seed, (role, name, beta) in ((s, x) for s in seeds for x in (("quality", "finetune_beta0", 0.0),
                                                                       ("diversity", "finetune_beta", p.beta))):
-        out = student_dir(root_dir, beta, seed, p.reward_form, p.group_size, p.divergence, p.teacher_gamma)
+        out = student_dir(root_dir, beta, seed, p.reward_form, p.group_size, p.divergence, p.teacher_gamma,
+                          p.train_tokens)
         students[role].append(str(out))
         stage(name if seed == 0 else f"{name}_s{seed}", _finished(out),
               lambda beta=beta, out=out, seed=seed: ["finetune", *_flags(p.finetune), "--base", str(ck["base"]),
@@ -274,7 +277,8 @@ def run_demo(preset: str = "demo", root: str | None = None, data_root: str = "da
                                                      "--out", str(out), "--resume", *threads], out)
     record["student_seeds"] = list(seeds)
     record["diversity_recipe"] = {"form": p.reward_form, "beta": p.beta, "group_size": p.group_size,
-                                  "divergence": p.divergence, "teacher_gamma": diversity_recipe(p).gamma(gamma)}
+                                  "divergence": p.divergence, "teacher_gamma": diversity_recipe(p).gamma(gamma),
+                                  "train_tokens": p.train_tokens}
     stage("evaluate", _evaluated(ck["eval"], students),
           lambda: ["evaluate", *_flags(p.evaluate), "--base", str(ck["base"]),
                    "--quality", ",".join(students["quality"]), "--diversity", ",".join(students["diversity"]),
@@ -303,7 +307,7 @@ def add_arguments(parser) -> None:
                         help="β of the diversity student (default: the preset's: 10 for demo and small, chosen on validation "
                              "prompts by `divcfg select`, see README Results)")
     parser.add_argument("--recipe", default=None,
-                        help="the diversity student's recipe in `divcfg select`'s syntax, form:β[:gG][:fkl][:tγ] (e.g. "
+                        help="the diversity student's recipe in `divcfg select`'s syntax, form:β[:gG][:fkl][:tγ][:nN] (e.g. "
                              "additive:5:g4:fkl; default: the preset's, additive:15 for demo and small); --beta then overrides its β")
     parser.add_argument("--from-scratch", action="store_true",
                         help="train the base, E and the scorer instead of installing the shipped checkpoints "

@@ -1,10 +1,11 @@
 """`divcfg select`: choose the diversity student's reward form and β on *validation* prompts.
 
 Each candidate ``form:β`` (``additive:5``, ``multiplicative:10``, ``length:5``; ``divcfg.rewards``), optionally
-with modifiers ``form:β:gG:fkl:tγ`` (``gG``: G generations per prompt with the leave-one-out pair
+with modifiers ``form:β:gG:fkl:tγ:nN`` (``gG``: G generations per prompt with the leave-one-out pair
 baseline and ``16/G`` prompts per step, i.e. the same 16 samples per step as the paper's G=2 with 8
 prompts; ``fkl``: the forward KL(teacher ‖ student) instead of the paper's reverse KL; ``tγ``: the
-CFG teacher at γ instead of the demo's γ*, e.g. ``t3``), is
+CFG teacher at γ instead of the demo's γ*, e.g. ``t3``; ``nN``: training generations of up to N tokens
+instead of the fine-tuning preset's cap, e.g. ``n512``, the evaluation's), is
 trained exactly as ``divcfg demo`` trains its diversity student: the preset's fine-tuning flags, the demo's
 shipped base and judges, its γ* (chosen on validation prompts by the demo's gamma stage), student
 seed ``--seed``. Each is then evaluated with the base (and the demo's β=0 student, for reference) on
@@ -55,14 +56,17 @@ class Candidate:
     group: int = 2
     divergence: str = "reverse_kl"
     teacher_gamma: float | None = None   # the CFG teacher's γ; None: the demo's γ* (chosen on validation)
+    max_new_tokens: int | None = None    # the training generations' token cap; None: the fine-tuning preset's
 
     @property
     def modifiers(self) -> str:
-        """The item's modifiers as a name suffix: ``_g4_fkl_t3``, empty for G=2, reverse KL and γ*."""
+        """The item's modifiers as a name suffix: ``_g4_fkl_t3_n512``, empty for G=2, reverse KL, γ* and
+        the preset's token cap."""
         mods = {v: k for k, v in DIVERGENCE_MODIFIERS.items()}
         return ((f"_g{self.group}" if self.group != 2 else "")
                 + (f"_{mods[self.divergence]}" if self.divergence in mods else "")
-                + (f"_t{self.teacher_gamma:g}" if self.teacher_gamma is not None else ""))
+                + (f"_t{self.teacher_gamma:g}" if self.teacher_gamma is not None else "")
+                + (f"_n{self.max_new_tokens}" if self.max_new_tokens is not None else ""))
 
     @property
     def name(self) -> str:
@@ -72,7 +76,8 @@ class Candidate:
     def label(self) -> str:
         extra = ([f"G={self.group}"] if self.group != 2 else []) + \
             (["forward KL"] if self.divergence == "forward_kl" else []) + \
-            ([f"teacher γ={self.teacher_gamma:g}"] if self.teacher_gamma is not None else [])
+            ([f"teacher γ={self.teacher_gamma:g}"] if self.teacher_gamma is not None else []) + \
+            ([f"≤{self.max_new_tokens} tokens in training"] if self.max_new_tokens is not None else [])
         return f"{self.form} β={self.beta:g}" + (f", {', '.join(extra)}" if extra else "")
 
     def gamma(self, gamma_star: float) -> float:
@@ -82,18 +87,20 @@ class Candidate:
     def flags(self) -> list[str]:
         """``divcfg finetune`` flags of the recipe (besides ``--beta``)."""
         return ["--reward-form", self.form, *group_flags(self.group),
-                *(["--divergence", self.divergence] if self.divergence != "reverse_kl" else [])]
+                *(["--divergence", self.divergence] if self.divergence != "reverse_kl" else []),
+                *(["--max-new-tokens", str(self.max_new_tokens)] if self.max_new_tokens is not None else [])]
 
 
 def parse_candidates(text: str, flag: str = "--candidates") -> list[Candidate]:
     """``additive:5,multiplicative:10,additive:5:g4:fkl:t3`` → candidates; after ``form:β`` come optional
-    modifiers: ``gG`` (G generations per prompt), ``fkl`` (forward KL to the teacher) and ``tγ``
-    (the CFG teacher at γ ≥ 1 instead of the demo's γ*)."""
+    modifiers: ``gG`` (G generations per prompt), ``fkl`` (forward KL to the teacher), ``tγ``
+    (the CFG teacher at γ ≥ 1 instead of the demo's γ*) and ``nN`` (training generations of up to N
+    tokens instead of the fine-tuning preset's cap)."""
     out = []
     for item in (x.strip() for x in text.split(",") if x.strip()):
         form, _, rest = item.partition(":")
         beta, *mods = rest.split(":")
-        group, divergence, teacher, ok = 2, "reverse_kl", None, form in FORMS
+        group, divergence, teacher, tokens, ok = 2, "reverse_kl", None, None, form in FORMS
         b = _number(beta)
         b = float("nan") if b is None else b
         for m in mods:
@@ -103,14 +110,17 @@ def parse_candidates(text: str, flag: str = "--candidates") -> list[Candidate]:
                 group = int(m[1:])
             elif m[:1] == "t" and 1 <= (_number(m[1:]) or 0) < float("inf"):
                 teacher = _number(m[1:])
+            elif m[:1] == "n" and m[1:].isdigit() and int(m[1:]) >= 1:
+                tokens = int(m[1:])
             else:
                 ok = False
         if not ok or not b > 0 or b == float("inf") or not 2 <= group <= SAMPLES_PER_STEP // 2 \
                 or SAMPLES_PER_STEP % group:
-            raise UserError(f"{flag} takes form:β[:gG][:fkl][:tγ] items with form in {', '.join(FORMS)}, β > 0, "
-                            f"G in 2, 4, 8 (generations per prompt), fkl for a forward-KL student and tγ for a "
-                            f"CFG teacher at γ ≥ 1, e.g. additive:5,additive:5:g4:fkl:t3: got {item!r}")
-        out.append(Candidate(form, b, group, divergence, teacher))
+            raise UserError(f"{flag} takes form:β[:gG][:fkl][:tγ][:nN] items with form in {', '.join(FORMS)}, β > 0, "
+                            f"G in 2, 4, 8 (generations per prompt), fkl for a forward-KL student, tγ for a "
+                            f"CFG teacher at γ ≥ 1 and nN for training generations of up to N ≥ 1 tokens, "
+                            f"e.g. additive:5,additive:5:g4:fkl:t3: got {item!r}")
+        out.append(Candidate(form, b, group, divergence, teacher, tokens))
     if not out:
         raise UserError(f"{flag} is empty: pass e.g. additive:5,multiplicative:10")
     return out
@@ -328,9 +338,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--demo-root", default=None, help="the demo's run folder (default runs/<preset>): its γ* and checkpoints")
     parser.add_argument("--candidates", default="additive:5,additive:10,additive:15,additive:20,additive:40,additive:10:g4,additive:10:t2,"
                         "additive:15:t2,multiplicative:20,multiplicative:40",
-                        help="form:β[:gG][:fkl][:tγ] items (form: additive, multiplicative or length; gG: G generations per "
-                        "prompt, leave-one-out baseline, 16/G prompts per step; fkl: forward KL to the teacher; "
-                        "tγ: the CFG teacher at γ instead of the demo's γ*)")
+                        help="form:β[:gG][:fkl][:tγ][:nN] items (form: additive, multiplicative or length; gG: G generations "
+                        "per prompt, leave-one-out baseline, 16/G prompts per step; fkl: forward KL to the teacher; "
+                        "tγ: the CFG teacher at γ instead of the demo's γ*; nN: training generations of up to N tokens)")
     parser.add_argument("--out", default="runs/select", help="folder for the candidates, their evaluations and the table")
     parser.add_argument("--seeds", type=seed_list, default=(0,),
                         help="the candidates' training seeds, e.g. 0,1,2 (seed s > 0 in <out>/<name>_s<s>); the rule "

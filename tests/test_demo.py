@@ -48,19 +48,20 @@ def test_tiny_demo_end_to_end(tmp_path):
     assert json.loads((root / "embedder" / "DONE.json").read_text())["finished"] is True
     # another diversity recipe: its own student folder (the β=0 student stays cached), and the
     # evaluation is redone because its students changed
-    r4 = subprocess.run(cmd + ["--recipe", "additive:15:g4:fkl:t3"], capture_output=True, text=True, timeout=600)
+    r4 = subprocess.run(cmd + ["--recipe", "additive:15:g4:fkl:t3:n40"], capture_output=True, text=True, timeout=600)
     assert r4.returncode == 0, r4.stderr[-2000:]
     assert "finetune_beta0: cached" in r4.stdout and "evaluate: running" in r4.stdout
-    cfg = json.loads((root / "ft_beta15_g4_fkl_t3" / "checkpoint" / "config.json").read_text())["finetune"]
-    assert (cfg["divergence"], cfg["group_size"], cfg["baseline"], cfg["beta"], cfg["gamma"]) == \
-        ("forward_kl", 4, "loo", 15.0, 3.0)
+    cfg = json.loads((root / "ft_beta15_g4_fkl_t3_n40" / "checkpoint" / "config.json").read_text())["finetune"]
+    assert (cfg["divergence"], cfg["group_size"], cfg["baseline"], cfg["beta"], cfg["gamma"], cfg["max_new_tokens"]) == \
+        ("forward_kl", 4, "loo", 15.0, 3.0, 40)
     record = json.loads((root / "demo.json").read_text())
     beta0 = json.loads((root / "ft_beta0" / "checkpoint" / "config.json").read_text())["finetune"]
     assert beta0["gamma"] == record["gamma_star"] != 3.0          # the β=0 student keeps distilling γ*
     assert record["diversity_recipe"] == {
-        "form": "additive", "beta": 15.0, "group_size": 4, "divergence": "forward_kl", "teacher_gamma": 3.0}
+        "form": "additive", "beta": 15.0, "group_size": 4, "divergence": "forward_kl", "teacher_gamma": 3.0,
+        "train_tokens": 40}
     config = json.loads((root / "eval" / "results.json").read_text())["config"]
-    assert config["diversity"] == str(root / "ft_beta15_g4_fkl_t3")
+    assert config["diversity"] == str(root / "ft_beta15_g4_fkl_t3_n40")
     bad = subprocess.run(cmd + ["--recipe", "additive:15:g3"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and bad.stderr.strip().startswith("error: --recipe takes")
     assert len(bad.stderr.strip().splitlines()) == 1

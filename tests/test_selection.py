@@ -35,6 +35,14 @@ def test_a_teacher_gamma_modifier_changes_the_teacher_and_the_name_only():
     assert "teacher γ=3" in c.label
 
 
+def test_a_token_cap_modifier_changes_the_training_length_the_name_and_the_folder():
+    c = parse_candidates("additive:15:n512")[0]
+    assert c == Candidate("additive", 15.0, max_new_tokens=512) and c.name == "add_b15_n512"
+    assert c.flags()[-2:] == ["--max-new-tokens", "512"] and "≤512 tokens" in c.label
+    assert student_dir(Path("r"), 15.0, 1, train_tokens=512).name == "ft_beta15_n512_s1"
+    assert student_dir(Path("r"), 15.0, 0).name == "ft_beta15"          # the preset's cap: no suffix
+
+
 def test_the_length_form_is_a_recipe_with_its_own_folder():
     c = parse_candidates("length:5")[0]
     assert c == Candidate("length", 5.0) and c.name == "len_b5" and c.flags() == ["--reward-form", "length"]
@@ -43,7 +51,8 @@ def test_the_length_form_is_a_recipe_with_its_own_folder():
 
 @pytest.mark.parametrize("bad", ["", "additive", "additive:0", "additive:inf", "additive:5:4", "additive:5:g3",
                                  "additive:5:g16", "additive:5:gx", "additive:5:kl", "sum:5",
-                                 "additive:5:t0.5", "additive:5:tx", "additive:5:tinf", "additive:5:t"])
+                                 "additive:5:t0.5", "additive:5:tx", "additive:5:tinf", "additive:5:t",
+                                 "additive:5:n0", "additive:5:n", "additive:5:n1.5"])
 def test_bad_candidates_get_one_line_errors(bad):
     with pytest.raises(UserError) as e:
         parse_candidates(bad)
