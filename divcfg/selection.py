@@ -141,7 +141,8 @@ def group_flags(group: int) -> list[str]:
     return ["--group-size", str(group), "--baseline", "loo", "--prompts-per-step", str(SAMPLES_PER_STEP // group)]
 
 
-RULES = ("keep", "margin")
+RULES = {"keep": "argmax validation diversity s.t. validation quality ≥ base's",
+         "margin": "argmax validation diversity s.t. validation quality − base's ≥ one SE and diversity > base's"}
 
 
 def choose(rows: dict[str, dict], rule: str = "keep") -> tuple[str, str]:
@@ -168,34 +169,26 @@ def choose(rows: dict[str, dict], rule: str = "keep") -> tuple[str, str]:
     return best, f"no candidate kept the base's validation quality ({base_q:.3f}): the one with the best quality"
 
 
-def prompt_qualities(samples_file: Path, system: str) -> dict[int, float]:
-    """Mean quality per prompt index of one system's generations in an evaluation's samples.jsonl."""
-    by_prompt: dict[int, list[float]] = {}
-    with open(samples_file) as f:
-        for line in f:
-            r = json.loads(line)
-            if r["system"] == system and r.get("quality") is not None:
-                by_prompt.setdefault(r["prompt_index"], []).append(r["quality"])
-    return {i: sum(v) / len(v) for i, v in by_prompt.items()}
-
-
-def quality_difference_se(per_seed: list[dict[int, float]], base: dict[int, float]) -> tuple[float, float]:
+def quality_difference_se(per_seed: list[list[float]], base: list[float]) -> tuple[float, float]:
     """(Δ, SE) of a candidate's quality against the base's: per_seed holds each student seed's mean
-    quality per prompt, base the base's; SE² = s²_prompts/P + s²_seeds/S (module docstring)."""
+    quality per prompt (the evaluation's ``per_prompt["quality"]``), base the base's, on the same
+    prompts in the same order; SE² = s²_prompts/P + s²_seeds/S (module docstring)."""
     import numpy as np
-    prompts = sorted(set(base).intersection(*per_seed))
-    if len(prompts) < 2:
-        raise UserError("the selection's evaluations share fewer than 2 prompts: delete the --out folder's eval_* "
-                        "folders and rerun `divcfg select`")
-    diff = np.array([[q[i] - base[i] for i in prompts] for q in per_seed])        # S × P
+    if len(base) < 2 or any(len(q) != len(base) for q in per_seed):
+        raise UserError("the selection's evaluations do not share the same 2 or more prompts: delete the --out "
+                        "folder's eval_* folders and rerun `divcfg select`")
+    diff = np.asarray(per_seed, np.float64) - np.asarray(base, np.float64)        # S × P
     s_p = diff.mean(axis=0).var(ddof=1) / diff.shape[1]
     s_s = diff.mean(axis=1).var(ddof=1) / diff.shape[0] if diff.shape[0] > 1 else 0.0
     return float(diff.mean()), float(np.sqrt(s_p + s_s))
 
 
-def _row(results_file: Path, name: str) -> dict:
-    res = json.loads(results_file.read_text())
-    r = next(r for r in res["systems"] if r["name"] == name)
+def _systems(results_file: Path) -> dict[str, dict]:
+    """An evaluation's results.json rows by system name."""
+    return {r["name"]: r for r in json.loads(results_file.read_text())["systems"]}
+
+
+def _row(r: dict) -> dict:
     keep = ("quality", "quality_ci_low", "quality_ci_high", "diversity", "diversity_ci_low", "diversity_ci_high",
             "valid_rate", "mean_length", "attr_key_relative", "attr_meter")
     return {k: r.get(k) for k in keep}
@@ -235,9 +228,9 @@ def run_selection(preset: str, demo_root: str, candidates: list[Candidate], out:
         print(f"evaluating the base and the β=0 student on {num_prompts} validation prompts …", flush=True)
         run_command(["evaluate", *common_eval, "--base", str(ck["base"]), "--quality", str(root / "ft_beta0"),
                      "--out", str(ref)])
-    rows["base"] = _row(ref / "results.json", "base")
-    rows["beta0"] = _row(ref / "results.json", "distilled")
-    base_prompts = prompt_qualities(ref / "samples.jsonl", "base")
+    reference = _systems(ref / "results.json")
+    base = reference["base"]
+    rows["base"], rows["beta0"] = _row(base), _row(reference["distilled"])
     for cand in candidates:
         per_seed, per_prompt = [], []
         for seed in seeds:
@@ -255,18 +248,17 @@ def run_selection(preset: str, demo_root: str, candidates: list[Candidate], out:
                 # the candidate alone, in the base's slot: the same prompts and sampling seed as the
                 # reference run's base, at half the cost of re-sampling the base
                 run_command(["evaluate", *common_eval, "--base", str(sdir / "checkpoint"), "--out", str(edir)])
-            per_seed.append(_row(edir / "results.json", "base"))
-            per_prompt.append(prompt_qualities(edir / "samples.jsonl", "base"))
-        delta, se = quality_difference_se(per_prompt, base_prompts)
+            r = _systems(edir / "results.json")["base"]
+            per_seed.append(_row(r))
+            per_prompt.append(r["per_prompt"]["quality"])
+        delta, se = quality_difference_se(per_prompt, base["per_prompt"]["quality"])
         rows[cand.name] = {"form": cand.form, "beta": cand.beta, "group_size": cand.group,
                            "divergence": cand.divergence, "teacher_gamma": cand.gamma(gamma), "label": cand.label,
                            **_mean_rows(per_seed), "quality_delta": delta, "quality_se": se,
                            "per_seed": {str(s): {k: r[k] for k in ("quality", "diversity")} for s, r in zip(seeds, per_seed)}}
     chosen, why = choose(rows, rule)
-    rule_text = {"keep": "argmax validation diversity s.t. validation quality ≥ base's",
-                 "margin": "argmax validation diversity s.t. validation quality − base's ≥ one SE and diversity > base's"}
     result = {"preset": preset, "gamma_star": gamma, "seeds": list(seeds), "split": "val", "num_prompts": num_prompts,
-              "generations": generations, "rule": rule, "rule_text": rule_text[rule],
+              "generations": generations, "rule": rule, "rule_text": RULES[rule],
               "rows": rows, "chosen": chosen, "why": why, "provenance": provenance(seeds[0], stage="select")}
     write_json_atomic(out_dir / "selection.json", result)
     (out_dir / "selection.md").write_text(format_table(result) + "\n")
@@ -345,7 +337,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--seeds", type=seed_list, default=(0,),
                         help="the candidates' training seeds, e.g. 0,1,2 (seed s > 0 in <out>/<name>_s<s>); the rule "
                         "uses means over seeds")
-    parser.add_argument("--rule", choices=RULES, default="margin",
+    parser.add_argument("--rule", choices=list(RULES), default="margin",
                         help="keep: most diverse with validation quality ≥ the base's (sessions 5–8); margin: most "
                         "diverse of those more diverse than the base whose quality beats it by one standard error")
     parser.add_argument("--num-prompts", type=arg_type(int, ge=1), default=48, help="validation prompts")

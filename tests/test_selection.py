@@ -2,7 +2,6 @@
 and the student folders the demo derives from a recipe (a cached student of one recipe must never
 be taken for another's)."""
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +10,7 @@ import pytest
 from divcfg.demo import student_dir
 from divcfg.errors import UserError
 from divcfg.selection import (SAMPLES_PER_STEP, Candidate, choose, group_flags, parse_candidates, plot_selection,
-                              prompt_qualities, quality_difference_se)
+                              quality_difference_se)
 
 
 def test_candidates_parse_with_optional_modifiers():
@@ -101,25 +100,17 @@ def test_the_margin_rule_wants_one_standard_error_of_quality_and_more_diversity_
 
 
 def test_the_quality_standard_error_adds_the_prompt_and_the_seed_terms():
-    base = {0: 0.5, 1: 0.4, 2: 0.6, 3: 0.5}
-    one = [{0: 0.6, 1: 0.4, 2: 0.6, 3: 0.6}]                 # Δ per prompt 0.1, 0, 0, 0.1
+    base = [0.5, 0.4, 0.6, 0.5]
+    one = [[0.6, 0.4, 0.6, 0.6]]                             # Δ per prompt 0.1, 0, 0, 0.1
     delta, se = quality_difference_se(one, base)
     assert delta == pytest.approx(0.05) and se == pytest.approx(np.std([0.1, 0, 0, 0.1], ddof=1) / 2)
     # a second seed shifted by +0.1 everywhere: same per-prompt spread of the seed mean, plus a seed term
-    two = one + [{i: q + 0.1 for i, q in one[0].items()}]
+    two = one + [[q + 0.1 for q in one[0]]]
     delta2, se2 = quality_difference_se(two, base)
     assert delta2 == pytest.approx(0.1)
     assert se2 ** 2 == pytest.approx(se ** 2 + np.var([0.05, 0.15], ddof=1) / 2)
     with pytest.raises(UserError):
-        quality_difference_se([{7: 0.1}], base)
-
-
-def test_prompt_qualities_average_one_systems_generations(tmp_path):
-    rows = [{"system": "base", "prompt_index": 0, "quality": 0.2}, {"system": "base", "prompt_index": 0, "quality": 0.4},
-            {"system": "distilled", "prompt_index": 0, "quality": 0.9}, {"system": "base", "prompt_index": 1, "quality": 0.5}]
-    f = tmp_path / "samples.jsonl"
-    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    assert prompt_qualities(f, "base") == pytest.approx({0: 0.3, 1: 0.5})
+        quality_difference_se([[0.1]], base)                  # not the same prompts
 
 
 def test_the_selection_plane_is_drawn(tmp_path):
