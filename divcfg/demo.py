@@ -52,6 +52,7 @@ class DemoPreset:
     divergence: str = "reverse_kl"  # the diversity student's divergence to the teacher (β=0: always reverse KL)
     teacher_gamma: float | None = None  # the diversity student's CFG teacher γ (None: γ*; β=0 always distils γ*)
     train_tokens: int | None = None     # the diversity student's training token cap (None: the finetune preset's)
+    train_steps: int | None = None      # the diversity student's training steps (None: the finetune preset's)
     seeds: tuple[int, ...] = (0,)   # the students' training seeds (--seeds overrides)
     threads: int = 2
     shipped: bool = False   # base, E and scorer from divcfg.pretrained (the three stages above: --from-scratch)
@@ -146,20 +147,18 @@ def choose_gamma(results_file: Path) -> tuple[float, dict[float, float]]:
 
 def diversity_recipe(p: DemoPreset) -> Candidate:
     """The preset's diversity student as a `divcfg select` candidate (its flags and folder suffix)."""
-    return Candidate(p.reward_form, p.beta, p.group_size, p.divergence, p.teacher_gamma, p.train_tokens)
+    return Candidate(p.reward_form, p.beta, p.group_size, p.divergence, p.teacher_gamma, p.train_tokens,
+                     p.train_steps)
 
 
-def student_dir(root: Path, beta: float, seed: int, form: str = "additive", group: int = 2,
-                divergence: str = "reverse_kl", teacher_gamma: float | None = None,
-                train_tokens: int | None = None) -> Path:
+def student_dir(root: Path, beta: float, seed: int, recipe: Candidate | None = None) -> Path:
     """A student's folder: ``ft_beta{β}`` for seed 0 (as a single-seed demo writes it), ``ft_beta{β}_s{seed}``;
-    a diversity student of another recipe than the paper's (additive, G=2, reverse KL) carries its
-    suffixes, e.g. ``ft_beta5_mult``, ``ft_beta5_g4_fkl_t3_s1`` (never mistaken for a cached
-    student of another recipe)."""
+    a diversity student (β > 0) of another ``recipe`` than the paper's (additive, G=2, reverse KL, the
+    preset's teacher, tokens and steps) carries its suffixes, e.g. ``ft_beta5_mult``,
+    ``ft_beta5_g4_fkl_t3_s1`` (never mistaken for a cached student of another recipe)."""
     name = f"ft_beta{beta:g}"
-    if beta > 0:
-        name += ("" if form == "additive" else f"_{FORMS[form]}")
-        name += Candidate(form, beta, group, divergence, teacher_gamma, train_tokens).modifiers
+    if beta > 0 and recipe is not None:
+        name += ("" if recipe.form == "additive" else f"_{FORMS[recipe.form]}") + recipe.modifiers
     return root / (name if seed == 0 else f"{name}_s{seed}")
 
 
@@ -184,10 +183,10 @@ def run_demo(preset: str = "demo", root: str | None = None, data_root: str = "da
         from divcfg.selection import parse_candidates
         cands = parse_candidates(recipe, "--recipe")
         if len(cands) != 1:
-            raise UserError(f"--recipe takes one form:β[:gG][:fkl][:tγ][:nN] item, e.g. additive:5:g4:fkl: got {recipe!r}")
+            raise UserError(f"--recipe takes one form:β[:gG][:fkl][:tγ][:nN][:sN] item, e.g. additive:5:g4:fkl: got {recipe!r}")
         c = cands[0]
         p = dataclasses.replace(p, reward_form=c.form, beta=c.beta, group_size=c.group, divergence=c.divergence,
-                                teacher_gamma=c.teacher_gamma, train_tokens=c.max_new_tokens)
+                                teacher_gamma=c.teacher_gamma, train_tokens=c.max_new_tokens, train_steps=c.steps)
     seeds = tuple(seeds) if seeds else p.seeds
     if beta is not None:
         if beta <= 0:
@@ -264,8 +263,7 @@ def run_demo(preset: str = "demo", root: str | None = None, data_root: str = "da
     students = {"quality": [], "diversity": []}   # one β=0 and one β>0 student per seed
     for seed, (role, name, beta) in ((s, x) for s in seeds for x in (("quality", "finetune_beta0", 0.0),
                                                                       ("diversity", "finetune_beta", p.beta))):
-        out = student_dir(root_dir, beta, seed, p.reward_form, p.group_size, p.divergence, p.teacher_gamma,
-                          p.train_tokens)
+        out = student_dir(root_dir, beta, seed, diversity_recipe(p))
         students[role].append(str(out))
         stage(name if seed == 0 else f"{name}_s{seed}", _finished(out),
               lambda beta=beta, out=out, seed=seed: ["finetune", *_flags(p.finetune), "--base", str(ck["base"]),
@@ -278,7 +276,7 @@ def run_demo(preset: str = "demo", root: str | None = None, data_root: str = "da
     record["student_seeds"] = list(seeds)
     record["diversity_recipe"] = {"form": p.reward_form, "beta": p.beta, "group_size": p.group_size,
                                   "divergence": p.divergence, "teacher_gamma": diversity_recipe(p).gamma(gamma),
-                                  "train_tokens": p.train_tokens}
+                                  "train_tokens": p.train_tokens, "train_steps": p.train_steps}
     stage("evaluate", _evaluated(ck["eval"], students),
           lambda: ["evaluate", *_flags(p.evaluate), "--base", str(ck["base"]),
                    "--quality", ",".join(students["quality"]), "--diversity", ",".join(students["diversity"]),
@@ -304,10 +302,10 @@ def add_arguments(parser) -> None:
     from divcfg.config import arg_type
     from divcfg.stages import seed_list
     parser.add_argument("--beta", type=arg_type(float, gt=0), default=None,
-                        help="β of the diversity student (default: the preset's: 10 for demo and small, chosen on validation "
+                        help="β of the diversity student (default: the preset's: 15 for demo and small, chosen on validation "
                              "prompts by `divcfg select`, see README Results)")
     parser.add_argument("--recipe", default=None,
-                        help="the diversity student's recipe in `divcfg select`'s syntax, form:β[:gG][:fkl][:tγ][:nN] (e.g. "
+                        help="the diversity student's recipe in `divcfg select`'s syntax, form:β[:gG][:fkl][:tγ][:nN][:sN] (e.g. "
                              "additive:5:g4:fkl; default: the preset's, additive:15 for demo and small); --beta then overrides its β")
     parser.add_argument("--from-scratch", action="store_true",
                         help="train the base, E and the scorer instead of installing the shipped checkpoints "

@@ -1,11 +1,12 @@
 """`divcfg select`: choose the diversity student's reward form and β on *validation* prompts.
 
 Each candidate ``form:β`` (``additive:5``, ``multiplicative:10``, ``length:5``; ``divcfg.rewards``), optionally
-with modifiers ``form:β:gG:fkl:tγ:nN`` (``gG``: G generations per prompt with the leave-one-out pair
+with modifiers ``form:β:gG:fkl:tγ:nN:sN`` (``gG``: G generations per prompt with the leave-one-out pair
 baseline and ``16/G`` prompts per step, i.e. the same 16 samples per step as the paper's G=2 with 8
 prompts; ``fkl``: the forward KL(teacher ‖ student) instead of the paper's reverse KL; ``tγ``: the
 CFG teacher at γ instead of the demo's γ*, e.g. ``t3``; ``nN``: training generations of up to N tokens
-instead of the fine-tuning preset's cap, e.g. ``n512``, the evaluation's), is
+instead of the fine-tuning preset's cap, e.g. ``n512``, the evaluation's; ``sN``: N training steps instead
+of the preset's, e.g. ``s480``), is
 trained exactly as ``divcfg demo`` trains its diversity student: the preset's fine-tuning flags, the demo's
 shipped base and judges, its γ* (chosen on validation prompts by the demo's gamma stage), student
 seed ``--seed``. Each is then evaluated with the base (and the demo's β=0 student, for reference) on
@@ -57,16 +58,18 @@ class Candidate:
     divergence: str = "reverse_kl"
     teacher_gamma: float | None = None   # the CFG teacher's γ; None: the demo's γ* (chosen on validation)
     max_new_tokens: int | None = None    # the training generations' token cap; None: the fine-tuning preset's
+    steps: int | None = None             # training steps; None: the fine-tuning preset's
 
     @property
     def modifiers(self) -> str:
-        """The item's modifiers as a name suffix: ``_g4_fkl_t3_n512``, empty for G=2, reverse KL, γ* and
-        the preset's token cap."""
+        """The item's modifiers as a name suffix: ``_g4_fkl_t3_n512_steps480``, empty for G=2, reverse KL,
+        γ* and the preset's token cap and steps (``steps``, never ``s``: seed folders end in ``_s<seed>``)."""
         mods = {v: k for k, v in DIVERGENCE_MODIFIERS.items()}
         return ((f"_g{self.group}" if self.group != 2 else "")
                 + (f"_{mods[self.divergence]}" if self.divergence in mods else "")
                 + (f"_t{self.teacher_gamma:g}" if self.teacher_gamma is not None else "")
-                + (f"_n{self.max_new_tokens}" if self.max_new_tokens is not None else ""))
+                + (f"_n{self.max_new_tokens}" if self.max_new_tokens is not None else "")
+                + (f"_steps{self.steps}" if self.steps is not None else ""))
 
     @property
     def name(self) -> str:
@@ -77,7 +80,8 @@ class Candidate:
         extra = ([f"G={self.group}"] if self.group != 2 else []) + \
             (["forward KL"] if self.divergence == "forward_kl" else []) + \
             ([f"teacher γ={self.teacher_gamma:g}"] if self.teacher_gamma is not None else []) + \
-            ([f"≤{self.max_new_tokens} tokens in training"] if self.max_new_tokens is not None else [])
+            ([f"≤{self.max_new_tokens} tokens in training"] if self.max_new_tokens is not None else []) + \
+            ([f"{self.steps} steps"] if self.steps is not None else [])
         return f"{self.form} β={self.beta:g}" + (f", {', '.join(extra)}" if extra else "")
 
     def gamma(self, gamma_star: float) -> float:
@@ -88,19 +92,20 @@ class Candidate:
         """``divcfg finetune`` flags of the recipe (besides ``--beta``)."""
         return ["--reward-form", self.form, *group_flags(self.group),
                 *(["--divergence", self.divergence] if self.divergence != "reverse_kl" else []),
-                *(["--max-new-tokens", str(self.max_new_tokens)] if self.max_new_tokens is not None else [])]
+                *(["--max-new-tokens", str(self.max_new_tokens)] if self.max_new_tokens is not None else []),
+                *(["--max-steps", str(self.steps)] if self.steps is not None else [])]
 
 
 def parse_candidates(text: str, flag: str = "--candidates") -> list[Candidate]:
     """``additive:5,multiplicative:10,additive:5:g4:fkl:t3`` → candidates; after ``form:β`` come optional
     modifiers: ``gG`` (G generations per prompt), ``fkl`` (forward KL to the teacher), ``tγ``
-    (the CFG teacher at γ ≥ 1 instead of the demo's γ*) and ``nN`` (training generations of up to N
-    tokens instead of the fine-tuning preset's cap)."""
+    (the CFG teacher at γ ≥ 1 instead of the demo's γ*), ``nN`` (training generations of up to N
+    tokens instead of the fine-tuning preset's cap) and ``sN`` (N training steps instead of the preset's)."""
     out = []
     for item in (x.strip() for x in text.split(",") if x.strip()):
         form, _, rest = item.partition(":")
         beta, *mods = rest.split(":")
-        group, divergence, teacher, tokens, ok = 2, "reverse_kl", None, None, form in FORMS
+        group, divergence, teacher, tokens, steps, ok = 2, "reverse_kl", None, None, None, form in FORMS
         b = _number(beta)
         b = float("nan") if b is None else b
         for m in mods:
@@ -112,15 +117,18 @@ def parse_candidates(text: str, flag: str = "--candidates") -> list[Candidate]:
                 teacher = _number(m[1:])
             elif m[:1] == "n" and m[1:].isdigit() and int(m[1:]) >= 1:
                 tokens = int(m[1:])
+            elif m[:1] == "s" and m[1:].isdigit() and int(m[1:]) >= 1:
+                steps = int(m[1:])
             else:
                 ok = False
         if not ok or not b > 0 or b == float("inf") or not 2 <= group <= SAMPLES_PER_STEP // 2 \
                 or SAMPLES_PER_STEP % group:
-            raise UserError(f"{flag} takes form:β[:gG][:fkl][:tγ][:nN] items with form in {', '.join(FORMS)}, β > 0, "
+            raise UserError(f"{flag} takes form:β[:gG][:fkl][:tγ][:nN][:sN] items with form in {', '.join(FORMS)}, β > 0, "
                             f"G in 2, 4, 8 (generations per prompt), fkl for a forward-KL student, tγ for a "
-                            f"CFG teacher at γ ≥ 1 and nN for training generations of up to N ≥ 1 tokens, "
+                            f"CFG teacher at γ ≥ 1, nN for training generations of up to N ≥ 1 tokens and sN for N ≥ 1 "
+                            f"training steps, "
                             f"e.g. additive:5,additive:5:g4:fkl:t3: got {item!r}")
-        out.append(Candidate(form, b, group, divergence, teacher, tokens))
+        out.append(Candidate(form, b, group, divergence, teacher, tokens, steps))
     if not out:
         raise UserError(f"{flag} is empty: pass e.g. additive:5,multiplicative:10")
     return out
@@ -200,69 +208,115 @@ def _mean_rows(rows: list[dict]) -> dict:
             for k in rows[0]}
 
 
+@dataclass
+class SelectionRun:
+    """Where one selection's pieces live and the commands that make them: the demo's γ*, shipped (or
+    trained) checkpoints and data, the candidates' folders and their validation evaluations. Shared by
+    `divcfg select` and `benchmarks/gpu_students.py` (which trains a candidate's step budgets as
+    snapshots of one run)."""
+    preset: str
+    root: Path
+    out: Path
+    gamma: float
+    ck: dict
+    data_dir: Path
+    num_prompts: int = 48
+    generations: int = 4
+    threads: int = 1
+    device: str = "cpu"
+
+    @classmethod
+    def open(cls, preset: str, demo_root: str, out: str, **kw) -> "SelectionRun":
+        from divcfg.demo import PRESETS
+        p, root = PRESETS[preset], Path(demo_root)
+        try:
+            gamma = float(json.loads((root / "demo.json").read_text())["gamma_star"])
+        except (OSError, ValueError, KeyError):
+            raise UserError(f"'{root}/demo.json' has no γ*: run `divcfg demo --preset {preset} --root {root}` first "
+                            f"(its gamma stage chooses γ* on validation prompts)") from None
+        ck = {k: root / "shipped" / k for k in ("base", "embedder", "scorer")} if p.shipped else \
+            {k: root / k for k in ("base", "embedder", "scorer")}
+        Path(out).mkdir(parents=True, exist_ok=True)
+        return cls(preset, root, Path(out), gamma, ck, Path("data") / p.data_preset, **kw)
+
+    def student(self, cand: Candidate, seed: int) -> Path:
+        return self.out / (cand.name + (f"_s{seed}" if seed else ""))
+
+    def finetune_args(self, cand: Candidate, seed: int, out: Path | None = None) -> list[str]:
+        """The ``divcfg finetune`` command that trains ``cand`` as the demo trains its diversity student."""
+        from divcfg.demo import PRESETS, _flags
+        return ["finetune", *_flags(PRESETS[self.preset].finetune), "--base", str(self.ck["base"]),
+                "--gamma", f"{cand.gamma(self.gamma):g}", "--beta", f"{cand.beta:g}", *cand.flags(),
+                "--seed", str(seed), "--embedder", str(self.ck["embedder"]), "--scorer", str(self.ck["scorer"]),
+                "--data-dir", str(self.data_dir), "--out", str(out or self.student(cand, seed)), "--resume",
+                "--threads", str(self.threads), "--device", self.device, "--no-progress"]
+
+    def _eval_args(self) -> list[str]:
+        """Every evaluation's flags: the same validation prompts, sampling seed and judges; no CFG, τ or merges."""
+        from divcfg.demo import PRESETS
+        p = PRESETS[self.preset]
+        return ["evaluate", "--preset", p.evaluate.get("preset", self.preset), "--split", "val",
+                "--num-prompts", str(self.num_prompts), "--generations", str(self.generations), "--cfg-gammas", "",
+                "--temperatures", "", "--lams", "", "--embedder", str(self.ck["embedder"]),
+                "--scorer", str(self.ck["scorer"]), "--data-dir", str(self.data_dir), "--seed", "0",
+                "--threads", str(self.threads), "--device", self.device]
+
+    def reference(self) -> dict[str, dict]:
+        """The base (and the demo's β=0 student, where its folder holds a finished one) on validation prompts."""
+        from divcfg.cli import run_command
+        from divcfg.stages import is_finished
+        ref = self.out / "eval_reference"
+        if not (ref / "results.json").exists():
+            beta0 = self.root / "ft_beta0"
+            with_beta0 = is_finished(beta0)
+            print(f"evaluating the base{' and the β=0 student' if with_beta0 else ''} on {self.num_prompts} "
+                  f"validation prompts …", flush=True)
+            run_command([*self._eval_args(), "--base", str(self.ck["base"]),
+                         *(["--quality", str(beta0)] if with_beta0 else []), "--out", str(ref)])
+        return _systems(ref / "results.json")
+
+    def candidate(self, cand: Candidate, seed: int) -> dict:
+        """Train (unless finished) and evaluate (unless cached) one candidate seed; its validation row."""
+        from divcfg.cli import run_command
+        from divcfg.stages import is_finished
+        sdir = self.student(cand, seed)
+        edir = sdir.with_name(f"eval_{sdir.name}")
+        if not is_finished(sdir):
+            print(f"training candidate {sdir.name} …", flush=True)
+            run_command(self.finetune_args(cand, seed))
+        if not (edir / "results.json").exists():
+            print(f"evaluating candidate {sdir.name} on validation prompts …", flush=True)
+            # the candidate alone, in the base's slot: the same prompts and sampling seed as the
+            # reference run's base, at half the cost of re-sampling the base
+            run_command([*self._eval_args(), "--base", str(sdir / "checkpoint"), "--out", str(edir)])
+        return _systems(edir / "results.json")["base"]
+
+
 def run_selection(preset: str, demo_root: str, candidates: list[Candidate], out: str, seeds: tuple[int, ...] = (0,),
-                  num_prompts: int = 48, generations: int = 4, threads: int = 1, rule: str = "keep") -> dict:
-    from divcfg.cli import run_command
-    from divcfg.demo import PRESETS, _flags
-    from divcfg.stages import is_finished
-    p = PRESETS[preset]
-    root, out_dir = Path(demo_root), Path(out)
-    try:
-        record = json.loads((root / "demo.json").read_text())
-        gamma = float(record["gamma_star"])
-    except (OSError, ValueError, KeyError):
-        raise UserError(f"'{root}/demo.json' has no γ*: run `divcfg demo --preset {preset} --root {root}` first "
-                        f"(its gamma stage chooses γ* on validation prompts)") from None
-    ck = {k: root / "shipped" / k for k in ("base", "embedder", "scorer")} if p.shipped else \
-        {k: root / k for k in ("base", "embedder", "scorer")}
-    data_dir = Path("data") / p.data_preset
-    out_dir.mkdir(parents=True, exist_ok=True)
-    # every evaluation: the same validation prompts, sampling seed and judges; no CFG, τ or merges
-    common_eval = ["--preset", p.evaluate.get("preset", preset), "--split", "val", "--num-prompts", str(num_prompts),
-                   "--generations", str(generations), "--cfg-gammas", "", "--temperatures", "", "--lams", "",
-                   "--embedder", str(ck["embedder"]), "--scorer", str(ck["scorer"]), "--data-dir", str(data_dir),
-                   "--seed", "0", "--threads", str(threads)]
-    rows: dict[str, dict] = {}
-    ref = out_dir / "eval_reference"
-    if not (ref / "results.json").exists():
-        print(f"evaluating the base and the β=0 student on {num_prompts} validation prompts …", flush=True)
-        run_command(["evaluate", *common_eval, "--base", str(ck["base"]), "--quality", str(root / "ft_beta0"),
-                     "--out", str(ref)])
-    reference = _systems(ref / "results.json")
+                  num_prompts: int = 48, generations: int = 4, threads: int = 1, rule: str = "keep",
+                  device: str = "cpu") -> dict:
+    run = SelectionRun.open(preset, demo_root, out, num_prompts=num_prompts, generations=generations,
+                            threads=threads, device=device)
+    reference = run.reference()
     base = reference["base"]
-    rows["base"], rows["beta0"] = _row(base), _row(reference["distilled"])
+    rows: dict[str, dict] = {"base": _row(base)}
+    if "distilled" in reference:   # the demo's β=0 student, for reference
+        rows["beta0"] = _row(reference["distilled"])
     for cand in candidates:
-        per_seed, per_prompt = [], []
-        for seed in seeds:
-            name = cand.name + (f"_s{seed}" if seed else "")
-            sdir, edir = out_dir / name, out_dir / f"eval_{name}"
-            if not is_finished(sdir):
-                print(f"training candidate {name} …", flush=True)
-                run_command(["finetune", *_flags(p.finetune), "--base", str(ck["base"]),
-                             "--gamma", f"{cand.gamma(gamma):g}", "--beta", f"{cand.beta:g}", *cand.flags(),
-                             "--seed", str(seed), "--embedder", str(ck["embedder"]), "--scorer", str(ck["scorer"]),
-                             "--data-dir", str(data_dir), "--out", str(sdir), "--resume", "--threads", str(threads),
-                             "--no-progress"])
-            if not (edir / "results.json").exists():
-                print(f"evaluating candidate {name} on validation prompts …", flush=True)
-                # the candidate alone, in the base's slot: the same prompts and sampling seed as the
-                # reference run's base, at half the cost of re-sampling the base
-                run_command(["evaluate", *common_eval, "--base", str(sdir / "checkpoint"), "--out", str(edir)])
-            r = _systems(edir / "results.json")["base"]
-            per_seed.append(_row(r))
-            per_prompt.append(r["per_prompt"]["quality"])
-        delta, se = quality_difference_se(per_prompt, base["per_prompt"]["quality"])
+        results = [run.candidate(cand, seed) for seed in seeds]
+        per_seed = [_row(r) for r in results]
+        delta, se = quality_difference_se([r["per_prompt"]["quality"] for r in results], base["per_prompt"]["quality"])
         rows[cand.name] = {"form": cand.form, "beta": cand.beta, "group_size": cand.group,
-                           "divergence": cand.divergence, "teacher_gamma": cand.gamma(gamma), "label": cand.label,
+                           "divergence": cand.divergence, "teacher_gamma": cand.gamma(run.gamma), "label": cand.label,
                            **_mean_rows(per_seed), "quality_delta": delta, "quality_se": se,
                            "per_seed": {str(s): {k: r[k] for k in ("quality", "diversity")} for s, r in zip(seeds, per_seed)}}
     chosen, why = choose(rows, rule)
-    result = {"preset": preset, "gamma_star": gamma, "seeds": list(seeds), "split": "val", "num_prompts": num_prompts,
+    result = {"preset": preset, "gamma_star": run.gamma, "seeds": list(seeds), "split": "val", "num_prompts": num_prompts,
               "generations": generations, "rule": rule, "rule_text": RULES[rule],
               "rows": rows, "chosen": chosen, "why": why, "provenance": provenance(seeds[0], stage="select")}
-    write_json_atomic(out_dir / "selection.json", result)
-    (out_dir / "selection.md").write_text(format_table(result) + "\n")
-    plot_selection(result, out_dir / "selection.png")
+    write_json_atomic(run.out / "selection.json", result)
+    (run.out / "selection.md").write_text(format_table(result) + "\n")
+    plot_selection(result, run.out / "selection.png")
     print(format_table(result))
     return result
 
@@ -280,7 +334,8 @@ def plot_selection(result: dict, png: Path) -> None:
     ax.axvline(base["quality"], color="0.5", ls="--", lw=0.8)
     ax.axhline(base["diversity"], color="0.5", ls="--", lw=0.8)
     ax.plot(base["quality"], base["diversity"], "kX", ms=9, label="base")
-    ax.plot(rows["beta0"]["quality"], rows["beta0"]["diversity"], "D", color="#2ca02c", ms=7, label="β=0")
+    if "beta0" in rows:
+        ax.plot(rows["beta0"]["quality"], rows["beta0"]["diversity"], "D", color="#2ca02c", ms=7, label="β=0")
     palette = [c for j, c in enumerate(plt.cm.tab10.colors) if j != 2]   # green is β=0's
     for i, (name, r) in enumerate((k, v) for k, v in rows.items() if k not in ("base", "beta0")):
         c = palette[(i + 1) % len(palette)]
@@ -330,9 +385,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--demo-root", default=None, help="the demo's run folder (default runs/<preset>): its γ* and checkpoints")
     parser.add_argument("--candidates", default="additive:5,additive:10,additive:15,additive:20,additive:40,additive:10:g4,additive:10:t2,"
                         "additive:15:t2,multiplicative:20,multiplicative:40",
-                        help="form:β[:gG][:fkl][:tγ][:nN] items (form: additive, multiplicative or length; gG: G generations "
+                        help="form:β[:gG][:fkl][:tγ][:nN][:sN] items (form: additive, multiplicative or length; gG: G generations "
                         "per prompt, leave-one-out baseline, 16/G prompts per step; fkl: forward KL to the teacher; "
-                        "tγ: the CFG teacher at γ instead of the demo's γ*; nN: training generations of up to N tokens)")
+                        "tγ: the CFG teacher at γ instead of the demo's γ*; nN: training generations of up to N tokens; sN: N "
+                        "training steps)")
     parser.add_argument("--out", default="runs/select", help="folder for the candidates, their evaluations and the table")
     parser.add_argument("--seeds", type=seed_list, default=(0,),
                         help="the candidates' training seeds, e.g. 0,1,2 (seed s > 0 in <out>/<name>_s<s>); the rule "
@@ -343,8 +399,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--num-prompts", type=arg_type(int, ge=1), default=48, help="validation prompts")
     parser.add_argument("--generations", type=arg_type(int, ge=2), default=4, help="generations per prompt")
     parser.add_argument("--threads", type=arg_type(int, ge=0), default=1, help="torch CPU threads")
+    parser.add_argument("--device", default="cpu", help="torch device of the students' training and sampling (cpu, cuda)")
 
 
 def run(args) -> None:
     run_selection(args.preset, args.demo_root or f"runs/{args.preset}", parse_candidates(args.candidates), args.out,
-                  args.seeds, args.num_prompts, args.generations, args.threads, args.rule)
+                  args.seeds, args.num_prompts, args.generations, args.threads, args.rule, args.device)

@@ -38,14 +38,31 @@ def test_a_token_cap_modifier_changes_the_training_length_the_name_and_the_folde
     c = parse_candidates("additive:15:n512")[0]
     assert c == Candidate("additive", 15.0, max_new_tokens=512) and c.name == "add_b15_n512"
     assert c.flags()[-2:] == ["--max-new-tokens", "512"] and "≤512 tokens" in c.label
-    assert student_dir(Path("r"), 15.0, 1, train_tokens=512).name == "ft_beta15_n512_s1"
+    assert student_dir(Path("r"), 15.0, 1, c).name == "ft_beta15_n512_s1"
     assert student_dir(Path("r"), 15.0, 0).name == "ft_beta15"          # the preset's cap: no suffix
+
+
+def test_a_steps_modifier_sets_the_training_steps_and_a_folder_that_no_seed_suffix_can_mimic():
+    c = parse_candidates("additive:15:s480")[0]
+    assert c == Candidate("additive", 15.0, steps=480) and c.name == "add_b15_steps480"
+    assert c.flags()[-2:] == ["--max-steps", "480"] and "480 steps" in c.label
+    assert student_dir(Path("r"), 15.0, 2, c).name == "ft_beta15_steps480_s2"
+    # the finetune command line puts the candidate's --max-steps after the preset's, so it wins
+    from divcfg.cli import parse_command
+    from divcfg.selection import SelectionRun
+    run = SelectionRun("demo", Path("r"), Path("o"), 3.0, {k: Path(k) for k in ("base", "embedder", "scorer")},
+                       Path("data/small"))
+    argv = run.finetune_args(c, 1)
+    assert argv.count("--max-steps") == 2 and parse_command(argv).max_steps == 480
+    for bad in ("additive:15:s0", "additive:15:sx"):
+        with pytest.raises(UserError, match="sN for N"):
+            parse_candidates(bad)
 
 
 def test_the_length_form_is_a_recipe_with_its_own_folder():
     c = parse_candidates("length:5")[0]
     assert c == Candidate("length", 5.0) and c.name == "len_b5" and c.flags() == ["--reward-form", "length"]
-    assert student_dir(Path("r"), 5.0, 1, "length").name == "ft_beta5_len_s1" != student_dir(Path("r"), 5.0, 1).name
+    assert student_dir(Path("r"), 5.0, 1, c).name == "ft_beta5_len_s1" != student_dir(Path("r"), 5.0, 1).name
 
 
 @pytest.mark.parametrize("bad", ["", "additive", "additive:0", "additive:inf", "additive:5:4", "additive:5:g3",
@@ -79,7 +96,7 @@ def test_the_rule_takes_the_most_diverse_candidate_that_keeps_the_base_quality()
 
 def test_student_folders_name_their_recipe():
     root = Path("r")
-    names = [student_dir(root, b, s, f, g, d, t).name for b in (0.0, 5.0) for s in (0, 1)
+    names = [student_dir(root, b, s, Candidate(f, b or 1.0, g, d, t)).name for b in (0.0, 5.0) for s in (0, 1)
              for f in ("additive", "multiplicative") for g in (2, 4) for d in ("reverse_kl", "forward_kl")
              for t in (None, 3.0)]
     assert {"ft_beta0", "ft_beta0_s1", "ft_beta5", "ft_beta5_s1", "ft_beta5_mult", "ft_beta5_g4",
