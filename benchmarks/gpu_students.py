@@ -11,13 +11,15 @@ margin rule picks among the budgets that every seed finished. One process per se
 base's evaluation share the GPU.
 
     python benchmarks/gpu_students.py OUTDIR [--device cuda] [--steps 120,240,480] [--seeds 0,1,2]
-        [--num-prompts 128] [--minutes 5.0]
+        [--num-prompts 128] [--minutes 5.0] [--preset demo --root DEMO_ROOT]
 
 ``--minutes`` caps each seed's training time (summed over its budgets); a budget it cuts short is
 recorded and left out of the rule. Everything comes back in OUTDIR (at most 8 files, for the device
 tool): gpu_students.tgz (the selection table and plot, every evaluation, every snapshot's training
 log, markers and config), the longest budget's weights per seed (``weights_<name>.safetensors``) and
-env.txt. Needs data/small (unpacked from .gpu/pretrain when missing) and the shipped weights.
+env.txt. Needs data/small (unpacked from .gpu/pretrain when missing) and the shipped weights, installed
+into a fresh demo root with γ*=3; ``--root`` uses an existing demo root instead (its γ*, checkpoints and
+β=0 student), and ``--preset tiny`` with it is the test suite's run on the CPU.
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ def prepare_root(root: Path) -> None:
 
 def _run(kw: dict):
     from divcfg.selection import SelectionRun
-    return SelectionRun.open("demo", kw.pop("root"), kw.pop("out"), **kw)
+    return SelectionRun.open(kw.pop("preset"), kw.pop("root"), kw.pop("out"), **kw)
 
 
 def reference(kw: dict) -> None:
@@ -108,13 +110,17 @@ def main() -> int:
     ap.add_argument("--generations", type=int, default=4)
     ap.add_argument("--minutes", type=float, default=5.0)
     ap.add_argument("--work", default="runs/gpu_students")
+    ap.add_argument("--preset", default="demo", help="the demo preset whose fine-tuning flags the students use")
+    ap.add_argument("--root", default=None, help="an existing demo root (default: the shipped weights installed "
+                    "into WORK/root with γ*=3)")
     a = ap.parse_args()
     steps, seeds = [int(x) for x in a.steps.split(",")], [int(x) for x in a.seeds.split(",")]
     final, work = Path(a.outdir), Path(a.work)
     final.mkdir(parents=True, exist_ok=True)
-    prepare_data(Path("data/small"), ROOT / ".gpu" / "pretrain")
-    prepare_root(work / "root")
-    kw = dict(root=str(work / "root"), out=str(work / "select"), num_prompts=a.num_prompts,
+    if a.root is None:
+        prepare_data(Path("data/small"), ROOT / ".gpu" / "pretrain")
+        prepare_root(work / "root")
+    kw = dict(preset=a.preset, root=a.root or str(work / "root"), out=str(work / "select"), num_prompts=a.num_prompts,
               generations=a.generations, threads=1, device=a.device)
     t0 = time.time()
     ctx = mp.get_context("spawn")
@@ -140,7 +146,7 @@ def main() -> int:
         else:
             print(f"{cand.name}: not every seed finished and was evaluated; left out of the rule", flush=True)
     if finished:
-        run_selection("demo", kw["root"], finished, kw["out"], tuple(seeds), a.num_prompts, a.generations,
+        run_selection(a.preset, kw["root"], finished, kw["out"], tuple(seeds), a.num_prompts, a.generations,
                       1, "margin", a.device)
     # what comes back: one archive (no weights, no training states) and the longest budget's weights
     sel = Path(kw["out"])

@@ -1,12 +1,13 @@
 """`divcfg select`: choose the diversity student's reward form and β on *validation* prompts.
 
 Each candidate ``form:β`` (``additive:5``, ``multiplicative:10``, ``length:5``; ``divcfg.rewards``), optionally
-with modifiers ``form:β:gG:fkl:tγ:nN:sN`` (``gG``: G generations per prompt with the leave-one-out pair
+with modifiers ``form:β:gG:fkl:tγ:nN:sN:key`` (``gG``: G generations per prompt with the leave-one-out pair
 baseline and ``16/G`` prompts per step, i.e. the same 16 samples per step as the paper's G=2 with 8
 prompts; ``fkl``: the forward KL(teacher ‖ student) instead of the paper's reverse KL; ``tγ``: the
 CFG teacher at γ instead of the demo's γ*, e.g. ``t3``; ``nN``: training generations of up to N tokens
 instead of the fine-tuning preset's cap, e.g. ``n512``, the evaluation's; ``sN``: N training steps instead
-of the preset's, e.g. ``s480``), is
+of the preset's, e.g. ``s480``; ``meter``/``key``: the reward gate, diversity paid only to generations that
+keep the prompt's meter / also its key), is
 trained exactly as ``divcfg demo`` trains its diversity student: the preset's fine-tuning flags, the demo's
 shipped base and judges, its γ* (chosen on validation prompts by the demo's gamma stage), student
 seed ``--seed``. Each is then evaluated with the base (and the demo's β=0 student, for reference) on
@@ -46,6 +47,7 @@ from divcfg.provenance import provenance, write_json_atomic
 
 FORMS = {"additive": "add", "multiplicative": "mult", "length": "len"}
 DIVERGENCE_MODIFIERS = {"fkl": "forward_kl"}   # item modifier → --divergence (default: the paper's reverse KL)
+GATE_MODIFIERS = ("meter", "key")               # item modifier → --reward-gate (default: empty, the paper's)
 SAMPLES_PER_STEP = 16  # the demo preset's 8 prompts × 2; a G-sample candidate keeps it: 16/G prompts × G
 
 
@@ -59,6 +61,7 @@ class Candidate:
     teacher_gamma: float | None = None   # the CFG teacher's γ; None: the demo's γ* (chosen on validation)
     max_new_tokens: int | None = None    # the training generations' token cap; None: the fine-tuning preset's
     steps: int | None = None             # training steps; None: the fine-tuning preset's
+    gate: str = "empty"                  # the reward gate (--reward-gate); "empty": the paper's
 
     @property
     def modifiers(self) -> str:
@@ -69,7 +72,8 @@ class Candidate:
                 + (f"_{mods[self.divergence]}" if self.divergence in mods else "")
                 + (f"_t{self.teacher_gamma:g}" if self.teacher_gamma is not None else "")
                 + (f"_n{self.max_new_tokens}" if self.max_new_tokens is not None else "")
-                + (f"_steps{self.steps}" if self.steps is not None else ""))
+                + (f"_steps{self.steps}" if self.steps is not None else "")
+                + (f"_{self.gate}" if self.gate != "empty" else ""))
 
     @property
     def name(self) -> str:
@@ -81,7 +85,8 @@ class Candidate:
             (["forward KL"] if self.divergence == "forward_kl" else []) + \
             ([f"teacher γ={self.teacher_gamma:g}"] if self.teacher_gamma is not None else []) + \
             ([f"≤{self.max_new_tokens} tokens in training"] if self.max_new_tokens is not None else []) + \
-            ([f"{self.steps} steps"] if self.steps is not None else [])
+            ([f"{self.steps} steps"] if self.steps is not None else []) + \
+            ([f"{self.gate}-gated"] if self.gate != "empty" else [])
         return f"{self.form} β={self.beta:g}" + (f", {', '.join(extra)}" if extra else "")
 
     def gamma(self, gamma_star: float) -> float:
@@ -93,24 +98,28 @@ class Candidate:
         return ["--reward-form", self.form, *group_flags(self.group),
                 *(["--divergence", self.divergence] if self.divergence != "reverse_kl" else []),
                 *(["--max-new-tokens", str(self.max_new_tokens)] if self.max_new_tokens is not None else []),
-                *(["--max-steps", str(self.steps)] if self.steps is not None else [])]
+                *(["--max-steps", str(self.steps)] if self.steps is not None else []),
+                *(["--reward-gate", self.gate] if self.gate != "empty" else [])]
 
 
 def parse_candidates(text: str, flag: str = "--candidates") -> list[Candidate]:
     """``additive:5,multiplicative:10,additive:5:g4:fkl:t3`` → candidates; after ``form:β`` come optional
     modifiers: ``gG`` (G generations per prompt), ``fkl`` (forward KL to the teacher), ``tγ``
     (the CFG teacher at γ ≥ 1 instead of the demo's γ*), ``nN`` (training generations of up to N
-    tokens instead of the fine-tuning preset's cap) and ``sN`` (N training steps instead of the preset's)."""
+    tokens instead of the fine-tuning preset's cap), ``sN`` (N training steps instead of the preset's) and
+    ``meter`` or ``key`` (the reward gate)."""
     out = []
     for item in (x.strip() for x in text.split(",") if x.strip()):
         form, _, rest = item.partition(":")
         beta, *mods = rest.split(":")
-        group, divergence, teacher, tokens, steps, ok = 2, "reverse_kl", None, None, None, form in FORMS
+        group, divergence, teacher, tokens, steps, gate, ok = 2, "reverse_kl", None, None, None, "empty", form in FORMS
         b = _number(beta)
         b = float("nan") if b is None else b
         for m in mods:
             if m in DIVERGENCE_MODIFIERS:
                 divergence = DIVERGENCE_MODIFIERS[m]
+            elif m in GATE_MODIFIERS:
+                gate = m
             elif m[:1] == "g" and m[1:].isdigit():
                 group = int(m[1:])
             elif m[:1] == "t" and 1 <= (_number(m[1:]) or 0) < float("inf"):
@@ -123,12 +132,12 @@ def parse_candidates(text: str, flag: str = "--candidates") -> list[Candidate]:
                 ok = False
         if not ok or not b > 0 or b == float("inf") or not 2 <= group <= SAMPLES_PER_STEP // 2 \
                 or SAMPLES_PER_STEP % group:
-            raise UserError(f"{flag} takes form:β[:gG][:fkl][:tγ][:nN][:sN] items with form in {', '.join(FORMS)}, β > 0, "
+            raise UserError(f"{flag} takes form:β[:gG][:fkl][:tγ][:nN][:sN][:meter|key] items with form in {', '.join(FORMS)}, β > 0, "
                             f"G in 2, 4, 8 (generations per prompt), fkl for a forward-KL student, tγ for a "
                             f"CFG teacher at γ ≥ 1, nN for training generations of up to N ≥ 1 tokens and sN for N ≥ 1 "
-                            f"training steps, "
+                            f"training steps, meter or key for a reward gate, "
                             f"e.g. additive:5,additive:5:g4:fkl:t3: got {item!r}")
-        out.append(Candidate(form, b, group, divergence, teacher, tokens, steps))
+        out.append(Candidate(form, b, group, divergence, teacher, tokens, steps, gate))
     if not out:
         raise UserError(f"{flag} is empty: pass e.g. additive:5,multiplicative:10")
     return out
@@ -385,10 +394,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--demo-root", default=None, help="the demo's run folder (default runs/<preset>): its γ* and checkpoints")
     parser.add_argument("--candidates", default="additive:5,additive:10,additive:15,additive:20,additive:40,additive:10:g4,additive:10:t2,"
                         "additive:15:t2,multiplicative:20,multiplicative:40",
-                        help="form:β[:gG][:fkl][:tγ][:nN][:sN] items (form: additive, multiplicative or length; gG: G generations "
+                        help="form:β[:gG][:fkl][:tγ][:nN][:sN][:meter|key] items (form: additive, multiplicative or length; gG: G generations "
                         "per prompt, leave-one-out baseline, 16/G prompts per step; fkl: forward KL to the teacher; "
                         "tγ: the CFG teacher at γ instead of the demo's γ*; nN: training generations of up to N tokens; sN: N "
-                        "training steps)")
+                        "training steps; meter/key: diversity paid only to generations keeping the prompt's meter / "
+                        "also its key)")
     parser.add_argument("--out", default="runs/select", help="folder for the candidates, their evaluations and the table")
     parser.add_argument("--seeds", type=seed_list, default=(0,),
                         help="the candidates' training seeds, e.g. 0,1,2 (seed s > 0 in <out>/<name>_s<s>); the rule "

@@ -3,6 +3,11 @@
 import json
 import subprocess
 import sys
+import tarfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
 
 
 def test_tiny_demo_end_to_end(tmp_path):
@@ -59,9 +64,44 @@ def test_tiny_demo_end_to_end(tmp_path):
     assert beta0["gamma"] == record["gamma_star"] != 3.0          # the β=0 student keeps distilling γ*
     assert record["diversity_recipe"] == {
         "form": "additive", "beta": 15.0, "group_size": 4, "divergence": "forward_kl", "teacher_gamma": 3.0,
-        "train_tokens": 40, "train_steps": None}
+        "train_tokens": 40, "train_steps": None, "reward_gate": "empty"}
     config = json.loads((root / "eval" / "results.json").read_text())["config"]
     assert config["diversity"] == str(root / "ft_beta15_g4_fkl_t3_n40")
     bad = subprocess.run(cmd + ["--recipe", "additive:15:g3"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and bad.stderr.strip().startswith("error: --recipe takes")
     assert len(bad.stderr.strip().splitlines()) == 1
+
+    # benchmarks/gpu_students.py on the CPU, from a root without a β=0 student (the reference then holds
+    # the base alone): each seed's run is snapshotted at every step budget, each snapshot evaluated on
+    # validation prompts, and the margin rule applied to the budgets every seed finished
+    bare, work, out = tmp_path / "bare_root", tmp_path / "gs", tmp_path / "gs_out"
+    bare.mkdir()
+    (bare / "demo.json").write_text((root / "demo.json").read_text())
+    for k in ("base", "embedder", "scorer"):
+        (bare / k).symlink_to(root / k)
+    bench = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_students.py"
+    gs = subprocess.run([sys.executable, str(bench), str(out), "--device", "cpu", "--preset", "tiny", "--root", str(bare),
+                         "--steps", "2,4", "--seeds", "0,1", "--num-prompts", "2", "--generations", "2",
+                         "--work", str(work)], capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert gs.returncode == 0, gs.stdout[-2000:] + gs.stderr[-2000:]
+    sel = json.loads((work / "select" / "selection.json").read_text())
+    assert set(sel["rows"]) == {"base", "add_b15_steps2", "add_b15_steps4"} and sel["rule"] == "margin"
+    assert sel["chosen"] in ("add_b15_steps2", "add_b15_steps4")
+    for name, steps in (("add_b15_steps2", 2), ("add_b15_steps2_s1", 2), ("add_b15_steps4", 4), ("add_b15_steps4_s1", 4)):
+        assert json.loads((work / "select" / name / "DONE.json").read_text())["steps_done"] == steps
+        assert json.loads((work / "select" / f"eval_{name}" / "results.json").read_text())["num_prompts"] == 2
+    with tarfile.open(out / "gpu_students.tgz") as tar:
+        names = tar.getnames()
+    assert "selection.json" in names and "eval_add_b15_steps4_s1/results.json" in names
+    assert not [n for n in names if n.endswith((".pt", ".safetensors")) or n.startswith("work_s")]
+    # the 4-step snapshot (2 steps, then resumed to 4) is the straight 4-step run, bit for bit
+    straight = subprocess.run([sys.executable, "-c", (
+        "import dataclasses, sys; from pathlib import Path; from divcfg.cli import run_command; "
+        "from divcfg.selection import SelectionRun, parse_candidates; "
+        f"r = SelectionRun.open('tiny', {str(bare)!r}, {str(tmp_path / 'straight')!r}); "
+        "c = dataclasses.replace(parse_candidates('additive:15')[0], steps=4); "
+        "run_command(r.finetune_args(c, 0))")], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    a = load_file(str(tmp_path / "straight" / "add_b15_steps4" / "checkpoint" / "model.safetensors"))
+    b = load_file(str(out / "weights_add_b15_steps4.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -230,9 +230,38 @@ def test_meter_gate_pays_only_generations_in_the_requested_meter(data_dir):
     assert not reward_valid(embedded, seqs, own, "meter", tok)[0]
     # training prompts carry the meter of the piece their caption describes
     prompts = TrainPrompts(data_dir)
-    texts, meters = prompts.draw(6, random.Random(0))
-    assert len(texts) == len(meters) == 6
-    assert all(m is None or "/" in m for m in meters)
+    texts, asks = prompts.draw(6, random.Random(0))
+    assert len(texts) == len(asks) == 6
+    assert all(a.meter is None or "/" in a.meter for a in asks)
+
+
+def test_key_gate_pays_only_generations_in_the_named_key_or_its_relative(data_dir):
+    """``reward_valid(..., "key")``: real tunes asked for their own key are mostly paid, the same tunes
+    asked for the key a tritone away (neither it nor its relative) mostly not; a caption that names no
+    key (None) gates on the meter alone; training draws carry the key only when the caption names it."""
+    from divcfg.domains.music import TrainPrompts, reward_valid
+    from divcfg.music.attributes import parse_key
+    from divcfg.music.dataset import load_split
+    from divcfg.music.tokenizer import load_tokenizer
+    tok = load_tokenizer(data_dir)
+    pieces = [p for p in load_split(data_dir, "train") if parse_key(p["meta"].get("key"))][:24]
+    seqs, meters = [p["tokens"] for p in pieces], [p["meta"].get("meter") for p in pieces]
+    own = [parse_key(p["meta"]["key"]) for p in pieces]
+    tritone = [((pc + 6) % 12, mode) for pc, mode in own]
+    embedded = torch.ones(len(seqs), dtype=torch.bool)
+    meter_only = reward_valid(embedded, seqs, meters, "meter", tok)
+    paid_own = reward_valid(embedded, seqs, meters, "key", tok, own)
+    paid_far = reward_valid(embedded, seqs, meters, "key", tok, tritone)
+    assert not (paid_own & ~meter_only).any() and not (paid_far & ~meter_only).any()   # the key gate adds to the meter's
+    n = meter_only.sum().item()
+    # the estimator agrees with the data's key (or its relative) on about 60-80% of real tunes; on almost
+    # none a tritone away
+    assert n >= 10 and paid_own.sum() >= 0.5 * n and paid_far.sum() <= 0.1 * n, (n, paid_own.sum(), paid_far.sum())
+    assert torch.equal(reward_valid(embedded, seqs, meters, "key", tok, [None] * len(seqs)), meter_only)
+    prompts = TrainPrompts(data_dir)
+    texts, asks = prompts.draw(40, random.Random(1))
+    assert any(a.key is not None for a in asks)
+    assert all(a.key is None or a.key[1] in t for t, a in zip(texts, asks))   # "… in D major …" names it
 
 
 def test_meter_gated_run_logs_unpaid_rate(data_dir, base_ckpt, embedder_ckpt, tmp_path):
@@ -247,5 +276,11 @@ def test_meter_gated_run_logs_unpaid_rate(data_dir, base_ckpt, embedder_ckpt, tm
                       reward_gate="empty", max_steps=3, eval_teacher=False), progress=False)
     rows = [json.loads(line) for line in open(tmp_path / "ungated" / "metrics.jsonl") if '"reward/unpaid_rate"' in line]
     assert rows and all(r["reward/unpaid_rate"] == r["reward/empty_rate"] for r in rows)
+    # the key gate refuses at least what the meter gate refuses (the same seed draws the same samples)
+    finetune(tiny_cfg(data_dir, base_ckpt, tmp_path / "key", beta=5.0, embedder=str(embedder_ckpt), reward_gate="key",
+                      max_steps=3, eval_teacher=False), progress=False)
+    keyed = [json.loads(line) for line in open(tmp_path / "key" / "metrics.jsonl") if '"reward/unpaid_rate"' in line]
+    metered = [json.loads(line) for line in open(run / "metrics.jsonl") if '"reward/unpaid_rate"' in line]
+    assert keyed[0]["reward/unpaid_rate"] >= metered[0]["reward/unpaid_rate"] > 0
     with pytest.raises(UserError, match="--reward-gate"):
-        finetune(tiny_cfg(data_dir, base_ckpt, tmp_path / "bad", reward_gate="key"), progress=False)
+        finetune(tiny_cfg(data_dir, base_ckpt, tmp_path / "bad", reward_gate="tempo"), progress=False)

@@ -42,6 +42,14 @@ def test_a_token_cap_modifier_changes_the_training_length_the_name_and_the_folde
     assert student_dir(Path("r"), 15.0, 0).name == "ft_beta15"          # the preset's cap: no suffix
 
 
+def test_a_gate_modifier_sets_the_reward_gate_and_its_own_folder():
+    c = parse_candidates("additive:15:key")[0]
+    assert c == Candidate("additive", 15.0, gate="key") and c.name == "add_b15_key" and "key-gated" in c.label
+    assert c.flags()[-2:] == ["--reward-gate", "key"]
+    assert student_dir(Path("r"), 15.0, 1, c).name == "ft_beta15_key_s1" != student_dir(Path("r"), 15.0, 1).name
+    assert parse_candidates("additive:15:meter")[0].flags()[-2:] == ["--reward-gate", "meter"]
+
+
 def test_a_steps_modifier_sets_the_training_steps_and_a_folder_that_no_seed_suffix_can_mimic():
     c = parse_candidates("additive:15:s480")[0]
     assert c == Candidate("additive", 15.0, steps=480) and c.name == "add_b15_steps480"

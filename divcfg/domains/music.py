@@ -6,8 +6,9 @@
 - Judges: the diversity embedder E (``--embedder`` checkpoint: ``1 − cos`` of piano-roll ViT embeddings)
   and the text–music alignment scorer (``--scorer``, the MuLan-score analogue), or the user's
   ``module:function`` judges (completions are REMI token-id lists).
-- Reward gates: ``empty`` (E could embed it: decodes, has notes) and ``meter`` (also the bars keep
-  the meter the prompt asks for, ``metrics.bars_consistent``).
+- Reward gates: ``empty`` (E could embed it: decodes, has notes), ``meter`` (also the bars keep
+  the meter the prompt asks for, ``metrics.bars_consistent``) and ``key`` (also, when the caption names
+  the key, the generation's estimated key is it or its relative major/minor).
 - Quick figures: the in-key rate (music21-style key estimate vs the key the caption names).
 - Output: MIDI (and WAV where a soundfont is installed); WAV clips of an evaluation run for the
   listening study (``music_media``).
@@ -20,7 +21,7 @@ from __future__ import annotations
 import os
 import random
 from pathlib import Path
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import torch
 
@@ -51,6 +52,13 @@ def load_prompts(data_dir: str | os.PathLike, split: str = "test", limit: int | 
     return Prompts(texts, embed_texts(texts, data_dir), [p.get("meta", {}) for p in pieces], [p["id"] for p in pieces])
 
 
+class Ask(NamedTuple):
+    """What a training caption asks of a generation, for the reward gates: the meter of the piece it
+    describes, and the key (tonic pitch class, mode) when the caption names it (else None)."""
+    meter: str | None
+    key: tuple[int, str] | None
+
+
 class TrainPrompts:
     """Training captions (every variant of every training piece), drawn at random per step."""
 
@@ -58,33 +66,52 @@ class TrainPrompts:
         from divcfg.music.dataset import load_split
         pieces = [p for p in load_split(data_dir, "train") if p.get("captions")]
         self.captions = [p["captions"] for p in pieces]
-        self.meters = [p.get("meta", {}).get("meter") for p in pieces]
+        self.metas = [p.get("meta", {}) for p in pieces]
         if not self.captions:
             raise UserError(f"data set '{data_dir}' has no training captions: rebuild it with `divcfg data --force`")
 
-    def draw(self, n: int, rng: random.Random) -> tuple[list[str], list[str | None]]:
-        """``n`` captions (a random variant of a random piece) and the meter each caption's piece is
-        in (the meter the caption asks for)."""
+    def draw(self, n: int, rng: random.Random) -> tuple[list[str], list[Ask]]:
+        """``n`` captions (a random variant of a random piece) and what each asks for (:class:`Ask`)."""
+        from divcfg.music.attributes import asked
         idx, texts = [], []
         for _ in range(n):  # piece, then variant: the random stream of the runs reported in the README
             idx.append(rng.randrange(len(self.captions)))
             texts.append(rng.choice(self.captions[idx[-1]]))
-        return texts, [self.meters[i] for i in idx]
+        return texts, [Ask(self.metas[i].get("meter"), asked(t, self.metas[i]).get("key")) for i, t in zip(idx, texts)]
 
 
 def reward_valid(embed_valid: torch.Tensor, seqs: list[list[int]], meters: list[str | None], gate: str,
-                 tokenizer) -> torch.Tensor:
+                 tokenizer, keys: Sequence[tuple[int, str] | None] | None = None) -> torch.Tensor:
     """Which generations may earn diversity reward. ``empty``: those E could embed (decodes, has
     notes) — the paper's reward with degenerate output earning nothing. ``meter``: additionally,
     the bars keep the meter the prompt asks for (``metrics.bars_consistent``, token_validity's
     ``meter_ok``): E is key-blind by construction because the prompt fixes the key; it cannot be
     made meter-blind, so the reward instead refuses to pay for diversity bought by ignoring the
-    prompt's meter."""
+    prompt's meter. ``key``: additionally, where the caption names a key (``keys[r]`` not None), the
+    generation's Krumhansl–Schmuckler key estimate is that key or its relative major/minor
+    (:func:`keeps_key`): E cannot see a key change, so nothing else stops diversity from wandering
+    off the requested key."""
     if gate == "empty":
         return embed_valid
     from divcfg.music.metrics import bars_consistent
-    ok = torch.tensor([bars_consistent(tokenizer, ids, m) for ids, m in zip(seqs, meters)])
-    return embed_valid & ok.to(embed_valid.device)
+    ok = [bars_consistent(tokenizer, ids, m) for ids, m in zip(seqs, meters)]
+    if gate == "key":
+        ok = [o and (k is None or keeps_key(tokenizer, ids, k)) for o, ids, k in zip(ok, seqs, keys or [None] * len(seqs))]
+    return embed_valid & torch.tensor(ok, dtype=torch.bool).to(embed_valid.device)
+
+
+def keeps_key(tokenizer, ids: Sequence[int], key: tuple[int, str]) -> bool:
+    """The generation's key estimate (``captions.estimate_key`` on its notes) is ``key`` (tonic pitch
+    class, mode) or its relative major/minor, the evaluation's "key (relative)" convention
+    (``attributes.same_collection``); an undecodable or empty generation does not keep it."""
+    from divcfg.music.attributes import parse_key, same_collection
+    from divcfg.music.captions import estimate_key
+    from divcfg.music.pianoroll import score_notes
+    from divcfg.music.tokenizer import tokens_to_score
+    score = tokens_to_score(tokenizer, list(ids))
+    notes = score_notes(score) if score is not None else []
+    got = parse_key(estimate_key([(o, p, d) for o, d, p in notes.tolist()])) if len(notes) else None
+    return got is not None and same_collection(got, key)
 
 
 def token_validity_flags(tokenizer, generations, meters) -> list[bool]:
@@ -130,7 +157,7 @@ def in_key_rate(tokenizer, seqs: list[list[int]], requested: list[str | None]) -
 
 class MusicDomain:
     name = "music"
-    reward_gates = ("empty", "meter")
+    reward_gates = ("empty", "meter", "key")
     quality_name = "alignment"
 
     def __init__(self, data_dir: str | Path | None):
@@ -225,7 +252,7 @@ class MusicDomain:
         if gate not in self.reward_gates:
             raise UserError(f"--reward-gate must be one of {', '.join(self.reward_gates)}")
         tok = self.tokenizer(generator) if gate != "empty" else None
-        return reward_valid(embedded, completions, infos, gate, tok)
+        return reward_valid(embedded, completions, [a.meter for a in infos], gate, tok, [a.key for a in infos])
 
     def quick_figures(self, completions: list, prompts, G: int, generator=None) -> dict[str, float]:
         keys = [m.get("key") for m in prompts.meta for _ in range(G)]

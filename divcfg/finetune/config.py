@@ -11,7 +11,7 @@ from divcfg.objectives import BASELINES, DIVERGENCES
 from divcfg.rewards import REWARD_FORMS
 
 PG_NORMALISATIONS = ("token", "sequence")
-REWARD_GATES = ("empty", "meter")
+REWARD_GATES = ("empty", "meter", "key")
 TEACHER_DTYPES = ("fp32", "bf16")
 # fields a --resume must not change (the run would silently become another experiment)
 KEY_FIELDS = ("base", "gamma", "beta", "divergence", "jsd_beta", "group_size", "baseline", "pg_normalise", "reward_gate",
@@ -54,7 +54,9 @@ class FinetuneConfig:
     baseline: str = field("batch", f"reward baseline: {', '.join(BASELINES)} (loo needs G ≥ 3)", choices=BASELINES)
     ema_decay: float = field(0.9, "decay of the 'ema' baseline", ge=0, le=1)
     reward_gate: str = field("empty", "which generations earn diversity reward: 'empty' = all that decode to "
-                             "notes (the paper); 'meter' = also only those whose bars keep the prompt's meter", choices=REWARD_GATES)
+                             "notes (the paper); 'meter' = also only those whose bars keep the prompt's meter; 'key' = also, "
+                             "where the caption names a key, only those whose estimated key is it or its relative "
+                             "major/minor", choices=REWARD_GATES)
     pg_normalise: str = field("token", "surrogate scale: 'token' divides it by the mean generated length "
                               "(β per token, like the KL), 'sequence' keeps sequence log-prob sums", choices=PG_NORMALISATIONS)
     prompts_per_step: int = field(16, "prompts per step (the batch is prompts_per_step × group_size samples)", ge=1)
