@@ -71,7 +71,9 @@ class DemoPreset:
 # session 9 rechecked the three candidates more diverse than the base and within 0.01 of its quality
 # with three seeds, 128 validation prompts and a margin of one standard error, by a plan committed
 # before the runs (docs/results/selection_margin/): none cleared the margin, and its fallback (the
-# largest Δq − SE) chose additive β=15. With the former 660-step base the first rule chose additive β=5
+# largest Δq − SE) chose additive β=15. Session 10 tried 2× and 4× the training steps (on a lent GPU) and a
+# key-gated reward the same way (docs/results/gpu_students/, docs/results/key_gate/): none cleared the margin,
+# so the presets stay. With the former 660-step base the first rule chose additive β=5
 # (docs/results/base660/selection/).
 PRESETS: dict[str, DemoPreset] = {
     # `make demo`: students of 120 steps, 32 held-out prompts × 4 (≤ 15 min with set-up, 2 idle cores)
