@@ -12,7 +12,8 @@ the candidates (means over seeds 0, 1, 2) from `runs/select_margin` (sessions 9�
 the CPU) and `runs/gpu_students_h200` (the GPU run, sampled on the GPU: drawn shifted by the difference
 between its own base and the CPU base, and marked). For each candidate, "vs τ curve" is its diversity
 minus the base's temperature curve at the same quality (linear between the curve's points): positive
-means the recipe reaches a point that sampling the base hotter or colder does not.
+means the recipe reaches a point that sampling the base hotter or colder does not ("vs CFG curve": the same
+against the front of the base and its CFG points).
 
     python docs/results/diagnosis/validation_plane.py   → validation_plane.png, validation_plane.md
 """
@@ -32,7 +33,7 @@ CANDIDATES = {  # folder stem -> label
     "add_b10_t2": "β=10, teacher γ=2 (session 8's)", "add_b15": "β=15 (the presets')", "add_b20": "β=20",
     "add_b15_n512": "β=15, ≤512 tokens", "add_b15_key": "β=15, key-gated", "add_b20_key": "β=20, key-gated",
 }
-GPU_CANDIDATES = {"add_b15_steps240": "β=15, 240 steps (GPU)", "add_b15_steps480": "β=15, 480 steps (GPU)"}
+GPU_CANDIDATES = {"add_b15_steps120": "β=15, 120 steps (GPU)", "add_b15_steps240": "β=15, 240 steps (GPU)", "add_b15_steps480": "β=15, 480 steps (GPU)"}
 
 
 def qd(results: Path, name: str = "base") -> tuple[float, float]:
@@ -45,8 +46,9 @@ def seeds_mean(root: Path, stem: str) -> np.ndarray:
 
 
 def curve_at(points: list[tuple[float, float]], q: float) -> float:
-    """Diversity of the piecewise-linear curve through ``points`` at quality ``q`` (extrapolated flat)."""
-    pts = sorted(points)
+    """Diversity of the front of ``points`` (those no other point beats on both axes, joined by straight
+    lines, as the evaluation's fronts are) at quality ``q``; flat beyond its ends."""
+    pts = sorted(p for p in points if not any(o[0] >= p[0] and o[1] >= p[1] and o != p for o in points))
     return float(np.interp(q, [p[0] for p in pts], [p[1] for p in pts]))
 
 
@@ -89,7 +91,8 @@ def main() -> None:
     table = "\n".join(lines)
     (HERE / "validation_plane.md").write_text(
         "Validation, 128 prompts × 4 (sampling seed 0). \"vs τ curve\" / \"vs CFG curve\": the recipe's diversity "
-        "minus the curve's at the same quality (flat beyond the curve's ends). GPU rows are shifted by their "
+        "minus the front's at the same quality (the points no other beats on both axes, joined by straight lines; "
+        "flat beyond its ends; CFG's front is the base and γ=2, which beats γ=1.5 and γ=3 on both axes). GPU rows are shifted by their "
         f"base's offset from the CPU base ({shift[0]:+.3f} quality, {shift[1]:+.3f} diversity).\n\n"
         + "\n".join(f"- base τ={temp:g}: {q:.3f} / {d:.3f}" for q, d, temp in t) + "\n"
         + "\n".join(f"- CFG γ={g:g}: {q:.3f} / {d:.3f}" for q, d, g in c[1:]) + "\n\n" + table + "\n")
