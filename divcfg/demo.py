@@ -54,6 +54,7 @@ class DemoPreset:
     train_tokens: int | None = None     # the diversity student's training token cap (None: the finetune preset's)
     train_steps: int | None = None      # the diversity student's training steps (None: the finetune preset's)
     reward_gate: str = "empty"          # the diversity student's reward gate (divcfg finetune --reward-gate)
+    from_beta0: bool = False            # the diversity student starts from its seed's β=0 student, not the base
     seeds: tuple[int, ...] = (0,)   # the students' training seeds (--seeds overrides)
     threads: int = 2
     shipped: bool = False   # base, E and scorer from divcfg.pretrained (the three stages above: --from-scratch)
@@ -151,7 +152,7 @@ def choose_gamma(results_file: Path) -> tuple[float, dict[float, float]]:
 def diversity_recipe(p: DemoPreset) -> Candidate:
     """The preset's diversity student as a `divcfg select` candidate (its flags and folder suffix)."""
     return Candidate(p.reward_form, p.beta, p.group_size, p.divergence, p.teacher_gamma, p.train_tokens,
-                     p.train_steps, p.reward_gate)
+                     p.train_steps, p.reward_gate, p.from_beta0)
 
 
 def student_dir(root: Path, beta: float, seed: int, recipe: Candidate | None = None) -> Path:
@@ -186,11 +187,11 @@ def run_demo(preset: str = "demo", root: str | None = None, data_root: str = "da
         from divcfg.selection import parse_candidates
         cands = parse_candidates(recipe, "--recipe")
         if len(cands) != 1:
-            raise UserError(f"--recipe takes one form:β[:gG][:fkl][:tγ][:nN][:sN][:meter|key] item, e.g. additive:5:g4:fkl: got {recipe!r}")
+            raise UserError(f"--recipe takes one form:β[:gG][:fkl][:tγ][:nN][:sN][:meter|key][:fromb0] item, e.g. additive:5:g4:fkl: got {recipe!r}")
         c = cands[0]
         p = dataclasses.replace(p, reward_form=c.form, beta=c.beta, group_size=c.group, divergence=c.divergence,
                                 teacher_gamma=c.teacher_gamma, train_tokens=c.max_new_tokens, train_steps=c.steps,
-                                reward_gate=c.gate)
+                                reward_gate=c.gate, from_beta0=c.from_beta0)
     seeds = tuple(seeds) if seeds else p.seeds
     if beta is not None:
         if beta <= 0:
@@ -274,6 +275,8 @@ def run_demo(preset: str = "demo", root: str | None = None, data_root: str = "da
                                                      "--gamma", f"{diversity_recipe(p).gamma(gamma) if beta > 0 else gamma:g}",
                                                      "--beta", f"{beta:g}",
                                                      *(diversity_recipe(p).flags() if beta > 0 else []),
+                                                     *(["--init", str(student_dir(root_dir, 0.0, seed))]
+                                                       if beta > 0 and p.from_beta0 else []),
                                                      "--seed", str(seed), "--embedder", str(ck["embedder"]),
                                                      "--scorer", str(ck["scorer"]), "--data-dir", str(data_dir),
                                                      "--out", str(out), "--resume", *threads], out)
@@ -281,7 +284,7 @@ def run_demo(preset: str = "demo", root: str | None = None, data_root: str = "da
     record["diversity_recipe"] = {"form": p.reward_form, "beta": p.beta, "group_size": p.group_size,
                                   "divergence": p.divergence, "teacher_gamma": diversity_recipe(p).gamma(gamma),
                                   "train_tokens": p.train_tokens, "train_steps": p.train_steps,
-                                  "reward_gate": p.reward_gate}
+                                  "reward_gate": p.reward_gate, "from_beta0": p.from_beta0}
     stage("evaluate", _evaluated(ck["eval"], students),
           lambda: ["evaluate", *_flags(p.evaluate), "--base", str(ck["base"]),
                    "--quality", ",".join(students["quality"]), "--diversity", ",".join(students["diversity"]),
@@ -310,7 +313,7 @@ def add_arguments(parser) -> None:
                         help="β of the diversity student (default: the preset's: 15 for demo and small, chosen on validation "
                              "prompts by `divcfg select`, see README Results)")
     parser.add_argument("--recipe", default=None,
-                        help="the diversity student's recipe in `divcfg select`'s syntax, form:β[:gG][:fkl][:tγ][:nN][:sN][:meter|key] (e.g. "
+                        help="the diversity student's recipe in `divcfg select`'s syntax, form:β[:gG][:fkl][:tγ][:nN][:sN][:meter|key][:fromb0] (e.g. "
                              "additive:5:g4:fkl; default: the preset's, additive:15 for demo and small); --beta then overrides its β")
     parser.add_argument("--from-scratch", action="store_true",
                         help="train the base, E and the scorer instead of installing the shipped checkpoints "

@@ -1,13 +1,13 @@
 """`divcfg select`: choose the diversity student's reward form and β on *validation* prompts.
 
 Each candidate ``form:β`` (``additive:5``, ``multiplicative:10``, ``length:5``; ``divcfg.rewards``), optionally
-with modifiers ``form:β:gG:fkl:tγ:nN:sN:key`` (``gG``: G generations per prompt with the leave-one-out pair
+with modifiers ``form:β:gG:fkl:tγ:nN:sN:key:fromb0`` (``gG``: G generations per prompt with the leave-one-out pair
 baseline and ``16/G`` prompts per step, i.e. the same 16 samples per step as the paper's G=2 with 8
 prompts; ``fkl``: the forward KL(teacher ‖ student) instead of the paper's reverse KL; ``tγ``: the
 CFG teacher at γ instead of the demo's γ*, e.g. ``t3``; ``nN``: training generations of up to N tokens
 instead of the fine-tuning preset's cap, e.g. ``n512``, the evaluation's; ``sN``: N training steps instead
 of the preset's, e.g. ``s480``; ``meter``/``key``: the reward gate, diversity paid only to generations that
-keep the prompt's meter / also its key), is
+keep the prompt's meter / also its key; ``fromb0``: start from the demo's β=0 student of the same seed), is
 trained exactly as ``divcfg demo`` trains its diversity student: the preset's fine-tuning flags, the demo's
 shipped base and judges, its γ* (chosen on validation prompts by the demo's gamma stage), student
 seed ``--seed``. Each is then evaluated with the base (and the demo's β=0 student, for reference) on
@@ -62,6 +62,7 @@ class Candidate:
     max_new_tokens: int | None = None    # the training generations' token cap; None: the fine-tuning preset's
     steps: int | None = None             # training steps; None: the fine-tuning preset's
     gate: str = "empty"                  # the reward gate (--reward-gate); "empty": the paper's
+    from_beta0: bool = False             # start from the demo's β=0 student of the same seed instead of the base
 
     @property
     def modifiers(self) -> str:
@@ -73,7 +74,8 @@ class Candidate:
                 + (f"_t{self.teacher_gamma:g}" if self.teacher_gamma is not None else "")
                 + (f"_n{self.max_new_tokens}" if self.max_new_tokens is not None else "")
                 + (f"_steps{self.steps}" if self.steps is not None else "")
-                + (f"_{self.gate}" if self.gate != "empty" else ""))
+                + (f"_{self.gate}" if self.gate != "empty" else "")
+                + ("_fromb0" if self.from_beta0 else ""))
 
     @property
     def name(self) -> str:
@@ -86,7 +88,8 @@ class Candidate:
             ([f"teacher γ={self.teacher_gamma:g}"] if self.teacher_gamma is not None else []) + \
             ([f"≤{self.max_new_tokens} tokens in training"] if self.max_new_tokens is not None else []) + \
             ([f"{self.steps} steps"] if self.steps is not None else []) + \
-            ([f"{self.gate}-gated"] if self.gate != "empty" else [])
+            ([f"{self.gate}-gated"] if self.gate != "empty" else []) + \
+            (["from β=0"] if self.from_beta0 else [])
         return f"{self.form} β={self.beta:g}" + (f", {', '.join(extra)}" if extra else "")
 
     def gamma(self, gamma_star: float) -> float:
@@ -107,12 +110,14 @@ def parse_candidates(text: str, flag: str = "--candidates") -> list[Candidate]:
     modifiers: ``gG`` (G generations per prompt), ``fkl`` (forward KL to the teacher), ``tγ``
     (the CFG teacher at γ ≥ 1 instead of the demo's γ*), ``nN`` (training generations of up to N
     tokens instead of the fine-tuning preset's cap), ``sN`` (N training steps instead of the preset's) and
-    ``meter`` or ``key`` (the reward gate)."""
+    ``meter`` or ``key`` (the reward gate) and ``fromb0`` (start from the demo's β=0 student of the same
+    seed instead of the base)."""
     out = []
     for item in (x.strip() for x in text.split(",") if x.strip()):
         form, _, rest = item.partition(":")
         beta, *mods = rest.split(":")
-        group, divergence, teacher, tokens, steps, gate, ok = 2, "reverse_kl", None, None, None, "empty", form in FORMS
+        group, divergence, teacher, tokens, steps, gate, from_beta0, ok = \
+            2, "reverse_kl", None, None, None, "empty", False, form in FORMS
         b = _number(beta)
         b = float("nan") if b is None else b
         for m in mods:
@@ -120,6 +125,8 @@ def parse_candidates(text: str, flag: str = "--candidates") -> list[Candidate]:
                 divergence = DIVERGENCE_MODIFIERS[m]
             elif m in GATE_MODIFIERS:
                 gate = m
+            elif m == "fromb0":
+                from_beta0 = True
             elif m[:1] == "g" and m[1:].isdigit():
                 group = int(m[1:])
             elif m[:1] == "t" and 1 <= (_number(m[1:]) or 0) < float("inf"):
@@ -132,12 +139,12 @@ def parse_candidates(text: str, flag: str = "--candidates") -> list[Candidate]:
                 ok = False
         if not ok or not b > 0 or b == float("inf") or not 2 <= group <= SAMPLES_PER_STEP // 2 \
                 or SAMPLES_PER_STEP % group:
-            raise UserError(f"{flag} takes form:β[:gG][:fkl][:tγ][:nN][:sN][:meter|key] items with form in {', '.join(FORMS)}, β > 0, "
+            raise UserError(f"{flag} takes form:β[:gG][:fkl][:tγ][:nN][:sN][:meter|key][:fromb0] items with form in {', '.join(FORMS)}, β > 0, "
                             f"G in 2, 4, 8 (generations per prompt), fkl for a forward-KL student, tγ for a "
                             f"CFG teacher at γ ≥ 1, nN for training generations of up to N ≥ 1 tokens and sN for N ≥ 1 "
-                            f"training steps, meter or key for a reward gate, "
+                            f"training steps, meter or key for a reward gate, fromb0 to start from the β=0 student, "
                             f"e.g. additive:5,additive:5:g4:fkl:t3: got {item!r}")
-        out.append(Candidate(form, b, group, divergence, teacher, tokens, steps, gate))
+        out.append(Candidate(form, b, group, divergence, teacher, tokens, steps, gate, from_beta0))
     if not out:
         raise UserError(f"{flag} is empty: pass e.g. additive:5,multiplicative:10")
     return out
@@ -253,12 +260,20 @@ class SelectionRun:
 
     def finetune_args(self, cand: Candidate, seed: int, out: Path | None = None) -> list[str]:
         """The ``divcfg finetune`` command that trains ``cand`` as the demo trains its diversity student."""
-        from divcfg.demo import PRESETS, _flags
+        from divcfg.demo import PRESETS, _flags, student_dir
+        from divcfg.stages import is_finished
+        init = []
+        if cand.from_beta0:
+            beta0 = student_dir(self.root, 0.0, seed)
+            if not is_finished(beta0):
+                raise UserError(f"{cand.name} starts from the β=0 student of seed {seed}, and '{beta0}' holds no finished "
+                                f"one: run `divcfg demo --preset {self.preset} --root {self.root} --seeds {seed}` first")
+            init = ["--init", str(beta0)]
         return ["finetune", *_flags(PRESETS[self.preset].finetune), "--base", str(self.ck["base"]),
                 "--gamma", f"{cand.gamma(self.gamma):g}", "--beta", f"{cand.beta:g}", *cand.flags(),
                 "--seed", str(seed), "--embedder", str(self.ck["embedder"]), "--scorer", str(self.ck["scorer"]),
                 "--data-dir", str(self.data_dir), "--out", str(out or self.student(cand, seed)), "--resume",
-                "--threads", str(self.threads), "--device", self.device, "--no-progress"]
+                "--threads", str(self.threads), "--device", self.device, "--no-progress", *init]
 
     def _eval_args(self) -> list[str]:
         """Every evaluation's flags: the same validation prompts, sampling seed and judges; no CFG, τ or merges."""
@@ -394,11 +409,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--demo-root", default=None, help="the demo's run folder (default runs/<preset>): its γ* and checkpoints")
     parser.add_argument("--candidates", default="additive:5,additive:10,additive:15,additive:20,additive:40,additive:10:g4,additive:10:t2,"
                         "additive:15:t2,multiplicative:20,multiplicative:40",
-                        help="form:β[:gG][:fkl][:tγ][:nN][:sN][:meter|key] items (form: additive, multiplicative or length; gG: G generations "
+                        help="form:β[:gG][:fkl][:tγ][:nN][:sN][:meter|key][:fromb0] items (form: additive, multiplicative or length; gG: G generations "
                         "per prompt, leave-one-out baseline, 16/G prompts per step; fkl: forward KL to the teacher; "
                         "tγ: the CFG teacher at γ instead of the demo's γ*; nN: training generations of up to N tokens; sN: N "
                         "training steps; meter/key: diversity paid only to generations keeping the prompt's meter / "
-                        "also its key)")
+                        "also its key; fromb0: start from the demo's β=0 student of the same seed)")
     parser.add_argument("--out", default="runs/select", help="folder for the candidates, their evaluations and the table")
     parser.add_argument("--seeds", type=seed_list, default=(0,),
                         help="the candidates' training seeds, e.g. 0,1,2 (seed s > 0 in <out>/<name>_s<s>); the rule "

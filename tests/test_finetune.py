@@ -284,3 +284,22 @@ def test_meter_gated_run_logs_unpaid_rate(data_dir, base_ckpt, embedder_ckpt, tm
     assert keyed[0]["reward/unpaid_rate"] >= metered[0]["reward/unpaid_rate"] > 0
     with pytest.raises(UserError, match="--reward-gate"):
         finetune(tiny_cfg(data_dir, base_ckpt, tmp_path / "bad", reward_gate="tempo"), progress=False)
+
+
+def test_init_starts_the_student_from_another_run_of_the_same_base(data_dir, base_ckpt, embedder_ckpt, tmp_path):
+    """``--init``: the student starts from the given run's weights (here a 3-step β=0 run), the teacher
+    stays the base; a run with 0 steps saves exactly its starting weights. LoRA cannot take it."""
+    from safetensors.torch import load_file
+    first = tmp_path / "beta0"
+    finetune(tiny_cfg(data_dir, base_ckpt, first, max_steps=3, eval_teacher=False), progress=False)
+    start = tmp_path / "from_beta0"
+    finetune(tiny_cfg(data_dir, base_ckpt, start, beta=5.0, embedder=str(embedder_ckpt), init=str(first),
+                      max_steps=0, eval_teacher=False), progress=False)
+    a = load_file(str(first / "checkpoint" / "model.safetensors"))
+    b = load_file(str(start / "checkpoint" / "model.safetensors"))
+    base = load_file(str(Path(base_ckpt) / "checkpoint" / "model.safetensors")) \
+        if (Path(base_ckpt) / "checkpoint").exists() else load_file(str(Path(base_ckpt) / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(base[k].float(), b[k].float()) for k in b)     # not the base's weights
+    with pytest.raises(UserError, match="--init"):
+        finetune(tiny_cfg(data_dir, base_ckpt, tmp_path / "lora", init=str(first), lora_r=4), progress=False)

@@ -50,6 +50,21 @@ def test_a_gate_modifier_sets_the_reward_gate_and_its_own_folder():
     assert parse_candidates("additive:15:meter")[0].flags()[-2:] == ["--reward-gate", "meter"]
 
 
+def test_the_fromb0_modifier_starts_the_diversity_student_from_its_seeds_beta0_student(tmp_path):
+    from divcfg.selection import SelectionRun
+    c = parse_candidates("additive:15:fromb0")[0]
+    assert c == Candidate("additive", 15.0, from_beta0=True) and c.name == "add_b15_fromb0" and "from β=0" in c.label
+    run = SelectionRun("demo", tmp_path, tmp_path / "o", 3.0, {k: Path(k) for k in ("base", "embedder", "scorer")},
+                       Path("data/small"))
+    with pytest.raises(UserError, match="no finished one"):
+        run.finetune_args(c, 1)
+    (tmp_path / "ft_beta0_s1").mkdir()
+    (tmp_path / "ft_beta0_s1" / "DONE.json").write_text('{"finished": true}')
+    argv = run.finetune_args(c, 1)
+    assert argv[argv.index("--init") + 1] == str(tmp_path / "ft_beta0_s1")
+    assert "--init" not in run.finetune_args(parse_candidates("additive:15")[0], 1)
+
+
 def test_a_steps_modifier_sets_the_training_steps_and_a_folder_that_no_seed_suffix_can_mimic():
     c = parse_candidates("additive:15:s480")[0]
     assert c == Candidate("additive", 15.0, steps=480) and c.name == "add_b15_steps480"

@@ -14,7 +14,7 @@ PG_NORMALISATIONS = ("token", "sequence")
 REWARD_GATES = ("empty", "meter", "key")
 TEACHER_DTYPES = ("fp32", "bf16")
 # fields a --resume must not change (the run would silently become another experiment)
-KEY_FIELDS = ("base", "gamma", "beta", "divergence", "jsd_beta", "group_size", "baseline", "pg_normalise", "reward_gate",
+KEY_FIELDS = ("base", "init", "gamma", "beta", "divergence", "jsd_beta", "group_size", "baseline", "pg_normalise", "reward_gate",
               "prompts_per_step", "max_new_tokens", "seed", "embedder", "prompts", "null_prompt", "diversity_judge",
               "quality_judge", "quality_weight", "reward_form", "lora_r", "lora_alpha", "lora_target_modules")
 
@@ -23,6 +23,8 @@ KEY_FIELDS = ("base", "gamma", "beta", "divergence", "jsd_beta", "group_size", "
 class FinetuneConfig:
     base: str = field("runs/small/base", "base generator (student init and frozen CFG teacher): a divcfg "
                       "checkpoint, or hf:PATH for a local transformers folder (then pass --prompts)")
+    init: str = field("", "the student's starting weights: a fine-tuning run or checkpoint of the same --base (e.g. the "
+                      "β=0 student, to train the diversity student from the quality model); empty = the base")
     embedder: str = field("runs/small/embedder", "music: diversity embedder checkpoint (needed when beta > 0; "
                           "'' = none, then no reward is computed)")
     scorer: str = field("", "music: alignment scorer checkpoint for the quick evaluation ('' = none)")

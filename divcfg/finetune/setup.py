@@ -82,9 +82,13 @@ def load_student(cfg, teacher: GeneratorPlugin, out: Path, resume: bool,
             raise UserError(f"'{out}' already holds a fine-tuning checkpoint: pass --resume to continue it, "
                             f"or choose another --out")
         if resume:
-            print(f"no checkpoint in '{ckpt_dir}' yet: starting from the base")
-        student = load_generator_any(cfg.base, device, null_prompt=cfg.null_prompt or None,
+            print(f"no checkpoint in '{ckpt_dir}' yet: starting from {'--init' if cfg.init else 'the base'}")
+        student = load_generator_any(cfg.init or cfg.base, device, null_prompt=cfg.null_prompt or None,
                                      max_len=max_len_for(cfg) if teacher.kind == "hf" else None)
+        if cfg.init and (student.model.cfg.to_dict() != teacher.model.cfg.to_dict()
+                         or student.architecture() != teacher.architecture()):
+            raise UserError(f"--init '{cfg.init}' does not have the base's architecture: pass a fine-tuning run "
+                            f"of the same --base")
     student.model.eval()
     return student, state
 
@@ -93,6 +97,9 @@ def load_models(cfg, out: Path, resume: bool, device: torch.device):
     """``(student, teacher, training state or None)``. Full fine-tuning: a frozen teacher copy of the
     base (``--teacher-dtype``) and a student (fresh or resumed). LoRA (``--lora-r``): the base is
     loaded once; the student is it with adapters, the teacher the same module with them disabled."""
+    if cfg.init and cfg.lora_r:
+        raise UserError("--init starts full fine-tuning from other weights; LoRA adapters always start from the "
+                        "base: drop --init or --lora-r")
     teacher = load_base(cfg, device)
     if not cfg.lora_r:
         student, state = load_student(cfg, teacher, out, resume, device)
