@@ -32,6 +32,7 @@ CPU, GPU, CURVES = Path("runs/select_margin"), Path("runs/gpu_students_h200"), P
 CANDIDATES = {  # folder stem -> label
     "add_b10_t2": "β=10, teacher γ=2 (session 8's)", "add_b15": "β=15 (the presets')", "add_b20": "β=20",
     "add_b15_n512": "β=15, ≤512 tokens", "add_b15_key": "β=15, key-gated", "add_b20_key": "β=20, key-gated",
+    "add_b15_fromb0": "β=15, from the β=0 student",
 }
 GPU_CANDIDATES = {"add_b15_steps120": "β=15, 120 steps (GPU)", "add_b15_steps240": "β=15, 240 steps (GPU)", "add_b15_steps480": "β=15, 480 steps (GPU)"}
 
