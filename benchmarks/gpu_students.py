@@ -78,7 +78,7 @@ def reference(kw: dict) -> None:
 def seed_chain(kw: dict, seed: int, steps: list[int], minutes: float) -> None:
     """Train one seed through the step budgets in one folder, snapshotting each; then evaluate the snapshots."""
     from divcfg.cli import run_command
-    from divcfg.selection import parse_candidates
+    from divcfg.recipe import parse_candidates
     run = _run(dict(kw))
     base = parse_candidates(RECIPE)[0]
     work = run.out / f"work_s{seed}"
@@ -132,7 +132,8 @@ def main() -> int:
         p.join()
     print(f"training and evaluations: {time.time() - t0:.0f} s; exit codes {[p.exitcode for p in procs]}", flush=True)
 
-    from divcfg.selection import parse_candidates, run_selection
+    from divcfg.recipe import parse_candidates
+    from divcfg.selection import run_selection
     from divcfg.stages import is_finished
     base = parse_candidates(RECIPE)[0]
     run = _run(dict(kw))

@@ -32,7 +32,7 @@ from pathlib import Path
 from divcfg.cli import run_command
 from divcfg.errors import UserError
 from divcfg.provenance import provenance, write_json_atomic
-from divcfg.selection import FORMS, Candidate
+from divcfg.recipe import FORMS, Candidate
 from divcfg.stages import is_finished, read_marker
 
 
@@ -48,7 +48,7 @@ class DemoPreset:
     beta: float
     reward_form: str = "additive"   # the diversity student's (divcfg.rewards); β=0 trains without a reward
     group_size: int = 2             # the diversity student's generations per prompt (≥3: leave-one-out baseline,
-                                    # 16/G prompts per step: divcfg.selection.group_flags)
+                                    # 16/G prompts per step: divcfg.recipe.group_flags)
     divergence: str = "reverse_kl"  # the diversity student's divergence to the teacher (β=0: always reverse KL)
     teacher_gamma: float | None = None  # the diversity student's CFG teacher γ (None: γ*; β=0 always distils γ*)
     train_tokens: int | None = None     # the diversity student's training token cap (None: the finetune preset's)
@@ -184,7 +184,7 @@ def run_demo(preset: str = "demo", root: str | None = None, data_root: str = "da
              from_scratch: bool = False, recipe: str | None = None) -> Path:
     p = PRESETS[preset]
     if recipe is not None:  # the diversity student's recipe in `divcfg select`'s syntax, e.g. additive:5:g4:fkl
-        from divcfg.selection import parse_candidates
+        from divcfg.recipe import parse_candidates
         cands = parse_candidates(recipe, "--recipe")
         if len(cands) != 1:
             raise UserError(f"--recipe takes one form:β[:gG][:fkl][:tγ][:nN][:sN][:meter|key][:fromb0] item, e.g. additive:5:g4:fkl: got {recipe!r}")

@@ -97,7 +97,7 @@ def test_tiny_demo_end_to_end(tmp_path):
     # the 4-step snapshot (2 steps, then resumed to 4) is the straight 4-step run, bit for bit
     straight = subprocess.run([sys.executable, "-c", (
         "import dataclasses, sys; from pathlib import Path; from divcfg.cli import run_command; "
-        "from divcfg.selection import SelectionRun, parse_candidates; "
+        "from divcfg.recipe import parse_candidates; from divcfg.selection import SelectionRun; "
         f"r = SelectionRun.open('tiny', {str(bare)!r}, {str(tmp_path / 'straight')!r}); "
         "c = dataclasses.replace(parse_candidates('additive:15')[0], steps=4); "
         "run_command(r.finetune_args(c, 0))")], capture_output=True, text=True, timeout=600, cwd=tmp_path)

@@ -9,8 +9,8 @@ import pytest
 
 from divcfg.demo import student_dir
 from divcfg.errors import UserError
-from divcfg.selection import (SAMPLES_PER_STEP, Candidate, choose, group_flags, parse_candidates, plot_selection,
-                              quality_difference_se)
+from divcfg.recipe import SAMPLES_PER_STEP, Candidate, group_flags, parse_candidates
+from divcfg.selection import choose, plot_selection, quality_difference_se
 
 
 def test_candidates_parse_with_optional_modifiers():
