@@ -28,6 +28,7 @@ import argparse
 import dataclasses
 import json
 import multiprocessing as mp
+import os
 import shutil
 import subprocess
 import sys
@@ -114,6 +115,9 @@ def main() -> int:
     ap.add_argument("--root", default=None, help="an existing demo root (default: the shipped weights installed "
                     "into WORK/root with γ*=3)")
     a = ap.parse_args()
+    # captions come from the data set's cache (the device has no MiniLM package); the spawned processes
+    # inherit it. Session 10's GPU run used this (divcfg.embedders.text.captions_from_cache)
+    os.environ["DIVCFG_CAPTIONS_FROM_CACHE"] = "1"
     steps, seeds = [int(x) for x in a.steps.split(",")], [int(x) for x in a.seeds.split(",")]
     final, work = Path(a.outdir), Path(a.work)
     final.mkdir(parents=True, exist_ok=True)

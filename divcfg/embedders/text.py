@@ -15,15 +15,28 @@ from divcfg.errors import UserError
 TEXT_DIM = 384
 
 
+CACHE_ENV = "DIVCFG_CAPTIONS_FROM_CACHE"
+
+
+def captions_from_cache() -> bool:
+    """Whether the CPU embedder answers texts a caption cache holds from that cache (``DIVCFG_CAPTIONS_FROM_CACHE=1``).
+
+    Off by default: the fine-tuning loop and the alignment scorer then embed captions with MiniLM itself,
+    as every run published before session 10 did (the cached embeddings differ from fresh ones by about
+    1e-7, enough to change a student's sampled tokens, so the switch decides whether a run reproduces
+    bit for bit). On, a run whose captions are all cached never needs MiniLM's package (the lent GPU
+    machine has none): `benchmarks/gpu_students.py` and session 10's CPU selections ran with it on."""
+    return os.environ.get(CACHE_ENV) == "1"
+
+
 class TextEmbedder:
-    """MiniLM, loaded on the first text that neither this instance nor a caption cache
-    (:func:`encode_cached`, which shares what it reads) has embedded: a run whose captions are all
-    cached never loads it."""
+    """MiniLM, loaded on the first text it has not embedded; with :func:`captions_from_cache` on, texts
+    a caption cache holds (:func:`encode_cached` shares what it reads) count as embedded."""
 
     def __init__(self, device: str = "cpu"):
         self.device = device
         self._model = None
-        self._memo: dict[str, torch.Tensor] = _CACHED if device == "cpu" else {}
+        self._memo: dict[str, torch.Tensor] = _CACHED if device == "cpu" and captions_from_cache() else {}
 
     @property
     def model(self):
@@ -55,8 +68,8 @@ class TextEmbedder:
         return torch.stack([self._memo[t] for t in texts])
 
 
-# captions read from a cache file by encode_cached: the CPU embedder's memo starts from them (the
-# cache holds MiniLM's CPU embeddings of the same strings, so a hit returns what encoding would)
+# captions read from a cache file by encode_cached: with captions_from_cache() on, the CPU embedder's
+# memo starts from them (MiniLM's CPU embeddings of the same strings, equal to fresh ones within ~1e-7)
 _CACHED: dict[str, torch.Tensor] = {}
 
 

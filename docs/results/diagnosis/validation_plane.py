@@ -3,7 +3,7 @@
 
 The base's curves come from one evaluation (`runs/val_curves`):
 
-    divcfg evaluate --preset demo --split val --num-prompts 128 --generations 4 --cfg-gammas 1.5,2,3 \
+    DIVCFG_CAPTIONS_FROM_CACHE=1 divcfg evaluate --preset demo --split val --num-prompts 128 --generations 4 --cfg-gammas 1.5,2,3 \
         --temperatures 0.8,0.9,1.1,1.2 --lams "" --embedder runs/demo/shipped/embedder \
         --scorer runs/demo/shipped/scorer --data-dir data/small --seed 0 --threads 2 \
         --base runs/demo/shipped/base --out runs/val_curves
