@@ -1,6 +1,7 @@
 """`divcfg demo --preset tiny` end to end: every stage runs, is recorded, and is cached on rerun."""
 
 import json
+import os
 import subprocess
 import sys
 import tarfile
@@ -94,13 +95,15 @@ def test_tiny_demo_end_to_end(tmp_path):
         names = tar.getnames()
     assert "selection.json" in names and "eval_add_b15_steps4_s1/results.json" in names
     assert not [n for n in names if n.endswith((".pt", ".safetensors")) or n.startswith("work_s")]
-    # the 4-step snapshot (2 steps, then resumed to 4) is the straight 4-step run, bit for bit
+    # the 4-step snapshot (2 steps, then resumed to 4) is the straight 4-step run, bit for bit (with the
+    # driver's DIVCFG_CAPTIONS_FROM_CACHE=1)
     straight = subprocess.run([sys.executable, "-c", (
         "import dataclasses, sys; from pathlib import Path; from divcfg.cli import run_command; "
         "from divcfg.recipe import parse_candidates; from divcfg.selection import SelectionRun; "
         f"r = SelectionRun.open('tiny', {str(bare)!r}, {str(tmp_path / 'straight')!r}); "
         "c = dataclasses.replace(parse_candidates('additive:15')[0], steps=4); "
-        "run_command(r.finetune_args(c, 0))")], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+        "run_command(r.finetune_args(c, 0))")], capture_output=True, text=True, timeout=600, cwd=tmp_path,
+        env={**os.environ, "DIVCFG_CAPTIONS_FROM_CACHE": "1"})
     assert straight.returncode == 0, straight.stderr[-2000:]
     a = load_file(str(tmp_path / "straight" / "add_b15_steps4" / "checkpoint" / "model.safetensors"))
     b = load_file(str(out / "weights_add_b15_steps4.safetensors"))
