@@ -93,7 +93,8 @@ def encode_cached(texts: list[str], cache_file: str | os.PathLike | None) -> tor
             known = dict(zip(json.loads(names.read_text()), emb))
         except Exception:  # noqa: BLE001 - a broken cache is rebuilt, never fatal
             known = {}
-    _CACHED.update(known)
+    if captions_from_cache():   # else nothing reads _CACHED: keep no second reference to the whole cache
+        _CACHED.update(known)
     missing = sorted({t for t in texts if t not in known})
     if missing:
         for t, e in zip(missing, get_text_embedder().encode(missing)):
