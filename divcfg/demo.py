@@ -74,10 +74,10 @@ class DemoPreset:
 # before the runs (docs/results/selection_margin/): none cleared the margin, and its fallback (the
 # largest Δq − SE) chose additive β=15. Session 10 tried 2× and 4× the training steps (on a lent GPU) and a
 # key-gated reward the same way (docs/results/gpu_students/, docs/results/key_gate/): neither cleared the margin.
-# The diversity student trained from the β=0 student did (docs/results/from_beta0/, by 0.0005 of diversity);
-# its plan leaves adopting it, with the demo and significance reruns, to the next session, so the presets
-# stay for now. With the former 660-step base the first rule chose additive β=5
-# (docs/results/base660/selection/).
+# The diversity student trained from its seed's β=0 student (`additive:15:fromb0`) did, by +0.016 ± 0.012
+# of quality and 0.0005 of diversity (docs/results/from_beta0/), and is the presets' recipe since session 11
+# (from_beta0=True below; the earlier recipe's results: docs/results/beta15/). With the former 660-step
+# base the first rule chose additive β=5 (docs/results/base660/selection/).
 PRESETS: dict[str, DemoPreset] = {
     # `make demo`: students of 120 steps, 32 held-out prompts × 4 (≤ 15 min with set-up, 2 idle cores)
     "demo": DemoPreset(
@@ -89,7 +89,7 @@ PRESETS: dict[str, DemoPreset] = {
         finetune={"preset": "demo", "max-steps": "120"},
         evaluate={"preset": "demo", "num-prompts": "32", "cfg-gammas": "1.5,2,3", "temperatures": "1.2",
                   "lams": "0,0.25,0.5,0.75,1"},
-        beta=15.0, shipped=True),
+        beta=15.0, from_beta0=True, shipped=True),
     # minutes: for the test suite
     "tiny": DemoPreset(
         data_preset="tiny",
