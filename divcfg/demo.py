@@ -168,6 +168,18 @@ def student_dir(root: Path, beta: float, seed: int, recipe: Candidate | None = N
     return root / (name if seed == 0 else f"{name}_s{seed}")
 
 
+def init_from_beta0(root: Path, seed: int, recipe: Candidate, preset: str) -> list[str]:
+    """``--init`` of seed ``seed``'s β=0 student in ``root`` for a recipe that starts from it (``fromb0``), else
+    nothing; a one-line error when that student has not finished (`divcfg demo` trains it first)."""
+    if not recipe.from_beta0:
+        return []
+    beta0 = student_dir(root, 0.0, seed)
+    if not is_finished(beta0):
+        raise UserError(f"{recipe.name} starts from the β=0 student of seed {seed}, and '{beta0}' holds no finished "
+                        f"one: run `divcfg demo --preset {preset} --root {root} --seeds {seed}` first")
+    return ["--init", str(beta0)]
+
+
 def _check_same_shipped(record: dict, root_dir: Path) -> None:
     """Cached stages are only reused with the shipped checkpoints they were made with: a run folder
     whose later stages (γ sweep, students, evaluation) came from other shipped files (another divcfg
@@ -277,8 +289,8 @@ def run_demo(preset: str = "demo", root: str | None = None, data_root: str = "da
                                                      "--gamma", f"{diversity_recipe(p).gamma(gamma) if beta > 0 else gamma:g}",
                                                      "--beta", f"{beta:g}",
                                                      *(diversity_recipe(p).flags() if beta > 0 else []),
-                                                     *(["--init", str(student_dir(root_dir, 0.0, seed))]
-                                                       if beta > 0 and p.from_beta0 else []),
+                                                     *(init_from_beta0(root_dir, seed, diversity_recipe(p), preset)
+                                                       if beta > 0 else []),
                                                      "--seed", str(seed), "--embedder", str(ck["embedder"]),
                                                      "--scorer", str(ck["scorer"]), "--data-dir", str(data_dir),
                                                      "--out", str(out), "--resume", *threads], out)

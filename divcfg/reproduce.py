@@ -22,6 +22,8 @@ Recipes (the seeds are the students' training seeds; every evaluation samples wi
   the teacher at γ*), published in ``docs/results/beta5/{demo,small}/results.csv``;
 - ``demo_beta10t2`` / ``small_beta10t2``: the same two runs with session 8's recipe (additive β=10, the
   teacher at γ=2), published in ``docs/results/beta10t2/{demo,small}/results.csv``;
+- ``demo_beta15`` / ``small_beta15``: the same two runs with sessions 9–10's recipe (additive β=15, the
+  diversity student started from the base), published in ``docs/results/beta15/{demo,small}/results.csv``;
 - ``tiny``: the test suite's (tiny data, few steps, two seeds); nothing is published for it.
 
 The demo command is itself the sequence data → pretrain → embedder E → alignment scorer → γ sweep on
@@ -79,6 +81,12 @@ RECIPES: dict[str, Recipe] = {
     "small_beta10t2": Recipe("the significance run with session 8's diversity recipe (additive β=10, the teacher at γ=2)",
                              _demo_steps("small", (0, 1, 2), "--recipe", "additive:10:t2"),
                              "docs/results/beta10t2/small/results.csv", (0, 1, 2)),
+    "demo_beta15": Recipe("`make demo` with sessions 9–10's diversity recipe (additive β=15 from the base)",
+                          _demo_steps("demo", (0,), "--recipe", "additive:15"),
+                          "docs/results/beta15/demo/results.csv", (0,)),
+    "small_beta15": Recipe("the significance run with sessions 9–10's diversity recipe (additive β=15 from the base)",
+                           _demo_steps("small", (0, 1, 2), "--recipe", "additive:15"),
+                           "docs/results/beta15/small/results.csv", (0, 1, 2)),
     "tiny": Recipe("the test suite's tiny run (tiny data, few steps, two student seeds)",
                    _demo_steps("tiny", (0, 1)), "docs/results/tiny/results.csv", (0, 1)),
 }

@@ -134,15 +134,8 @@ class SelectionRun:
 
     def finetune_args(self, cand: Candidate, seed: int, out: Path | None = None) -> list[str]:
         """The ``divcfg finetune`` command that trains ``cand`` as the demo trains its diversity student."""
-        from divcfg.demo import PRESETS, _flags, student_dir
-        from divcfg.stages import is_finished
-        init = []
-        if cand.from_beta0:
-            beta0 = student_dir(self.root, 0.0, seed)
-            if not is_finished(beta0):
-                raise UserError(f"{cand.name} starts from the β=0 student of seed {seed}, and '{beta0}' holds no finished "
-                                f"one: run `divcfg demo --preset {self.preset} --root {self.root} --seeds {seed}` first")
-            init = ["--init", str(beta0)]
+        from divcfg.demo import PRESETS, _flags, init_from_beta0
+        init = init_from_beta0(self.root, seed, cand, self.preset)
         return ["finetune", *_flags(PRESETS[self.preset].finetune), "--base", str(self.ck["base"]),
                 "--gamma", f"{cand.gamma(self.gamma):g}", "--beta", f"{cand.beta:g}", *cand.flags(),
                 "--seed", str(seed), "--embedder", str(self.ck["embedder"]), "--scorer", str(self.ck["scorer"]),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -57,6 +58,18 @@ def test_recipes_state_their_seeds():
     assert RECIPES["small"].published == "docs/results/small/results.csv"
     fkl = RECIPES["small_fkl"].steps[0]   # the same run with the forward-KL diversity recipe
     assert fkl[fkl.index("--recipe") + 1] == "additive:5:g4:fkl" and fkl[fkl.index("--seeds") + 1] == "0,1,2"
+
+
+def test_the_former_beta15_tables_reproduce_with_the_student_started_from_the_base():
+    from divcfg.demo import PRESETS, diversity_recipe, student_dir
+    from divcfg.recipe import parse_candidates
+    assert PRESETS["demo"].from_beta0 and PRESETS["small"].from_beta0     # the presets' recipe: from β=0
+    assert student_dir(Path("r"), 15.0, 0, diversity_recipe(PRESETS["demo"])).name == "ft_beta15_fromb0"
+    steps = RECIPES["small_beta15"].steps[0]
+    recipe = parse_candidates(steps[steps.index("--recipe") + 1])[0]
+    assert not recipe.from_beta0 and recipe.beta == 15.0                  # sessions 9–10's: from the base
+    assert student_dir(Path("r"), 15.0, 1, recipe).name == "ft_beta15_s1"
+    assert RECIPES["demo_beta15"].published == "docs/results/beta15/demo/results.csv"
 
 
 @pytest.mark.slow
