@@ -31,7 +31,7 @@ from pathlib import Path
 
 from divcfg.cli import run_command
 from divcfg.errors import UserError
-from divcfg.provenance import provenance, write_json_atomic
+from divcfg.provenance import git_commit, provenance, write_json_atomic
 from divcfg.recipe import FORMS, Candidate
 from divcfg.stages import is_finished, read_marker
 
@@ -218,6 +218,7 @@ def run_demo(preset: str = "demo", root: str | None = None, data_root: str = "da
     record_file = root_dir / "demo.json"
     record = json.loads(record_file.read_text()) if record_file.exists() else {"stages": {}}
     record["preset"] = preset
+    started_at = git_commit()   # the stages run this commit's code; provenance below is taken at the end
     threads = ["--threads", str(p.threads)]
     shipped = p.shipped and not from_scratch
     record["shipped_checkpoints"] = shipped
@@ -309,7 +310,10 @@ def run_demo(preset: str = "demo", root: str | None = None, data_root: str = "da
                    "--training-log", f"β=0={Path(students['quality'][0]) / 'metrics.jsonl'}",
                    "--training-log", f"β={p.beta:g}={Path(students['diversity'][0]) / 'metrics.jsonl'}"])
     record["total_wall_s"] = round(sum(s["wall_s"] for s in record["stages"].values()), 1)
-    record["provenance"] = provenance(0, stage="demo")
+    record["provenance"] = provenance(0, stage="demo", started_at_commit=started_at)
+    if record["provenance"]["git_commit"] != started_at:
+        print(f"warning: the source tree changed during the run (from {started_at} to "
+              f"{record['provenance']['git_commit']}); each stage's own provenance records the code it ran")
     write_json_atomic(record_file, record)
     report = ck["eval"] / "report.html"
     print(f"report: {report.resolve()}")

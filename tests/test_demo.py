@@ -23,6 +23,8 @@ def test_tiny_demo_end_to_end(tmp_path):
     assert set(record["stages"]) >= {"data", "pretrain", "embedder", "scorer", "gamma", "finetune_beta0",
                                      "finetune_beta", "evaluate", "report"}
     assert record["provenance"]["git_commit"]
+    assert record["provenance"]["started_at_commit"] == record["provenance"]["git_commit"]  # nothing changed meanwhile
+    assert "source tree changed" not in r.stdout
     # γ* is the swept γ with the best validation alignment, and the students were distilled from it
     sweep = json.loads((root / "gamma_sweep" / "results.json").read_text())
     by_gamma = {float(s["gamma"]): float(s["quality"]) for s in sweep["systems"]
