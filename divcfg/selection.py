@@ -24,6 +24,13 @@ standard error and for more diversity than the base's:
     eligible = {c : Δ_c ≥ SE_c and d_val(c) > d_val(base)}
     chosen   = argmax_{c ∈ eligible} d_val(c)        (none eligible: argmax_c Δ_c − SE_c)
 
+``--rule both`` (session 11) asks for the same margin on diversity: session 10's choice passed
+``margin`` with diversity 0.0005 above the base's, while its three seeds spread over 0.05, and fell
+0.019 below the base on test. With Δ^d_c, SE^d_c the same statistics of E's per-prompt diversity,
+
+    eligible = {c : Δ_c ≥ SE_c and Δ^d_c ≥ SE^d_c}
+    chosen   = argmax_{c ∈ eligible} d_val(c)        (none eligible: argmax_c min(Δ_c − SE_c, Δ^d_c − SE^d_c))
+
 Seed 0's student lives in ``<out>/<name>``, seed s's in ``<out>/<name>_s<s>``. Candidates whose folder
 holds a finished student (``DONE.json``) are not retrained; evaluations are cached in
 ``<out>/eval_<name>[_s<s>]``. The table goes to ``<out>/selection.json`` and ``<out>/selection.md``.
@@ -40,7 +47,8 @@ from divcfg.provenance import provenance, write_json_atomic
 from divcfg.recipe import Candidate, parse_candidates
 
 RULES = {"keep": "argmax validation diversity s.t. validation quality ≥ base's",
-         "margin": "argmax validation diversity s.t. validation quality − base's ≥ one SE and diversity > base's"}
+         "margin": "argmax validation diversity s.t. validation quality − base's ≥ one SE and diversity > base's",
+         "both": "argmax validation diversity s.t. validation quality and diversity each beat the base's by one SE"}
 
 
 def choose(rows: dict[str, dict], rule: str = "keep") -> tuple[str, str]:
@@ -49,6 +57,17 @@ def choose(rows: dict[str, dict], rule: str = "keep") -> tuple[str, str]:
     reference. The rules are the module docstring's."""
     base_q, base_d = rows["base"]["quality"], rows["base"]["diversity"]
     cands = {k: v for k, v in rows.items() if k not in ("base", "beta0")}
+    if rule == "both":
+        slack = {k: min(v["quality"] - base_q - v["quality_se"], v["diversity"] - base_d - v["diversity_se"])
+                 for k, v in cands.items()}
+        eligible = [k for k in cands if slack[k] >= 0]
+        if eligible:
+            best = max(eligible, key=lambda k: cands[k]["diversity"])
+            return best, (f"most diverse of the {len(eligible)} candidate(s) whose validation quality and diversity each "
+                          f"beat the base's ({base_q:.3f}, {base_d:.3f}) by at least one standard error")
+        best = max(slack, key=slack.get)
+        return best, (f"no candidate beat both the base's validation quality ({base_q:.3f}) and diversity ({base_d:.3f}) "
+                      f"by one standard error: the one with the largest smaller margin minus its standard error")
     if rule == "margin":
         eligible = {k: v for k, v in cands.items()
                     if v["quality"] - base_q >= v["quality_se"] and v["diversity"] > base_d}
@@ -67,10 +86,10 @@ def choose(rows: dict[str, dict], rule: str = "keep") -> tuple[str, str]:
     return best, f"no candidate kept the base's validation quality ({base_q:.3f}): the one with the best quality"
 
 
-def quality_difference_se(per_seed: list[list[float]], base: list[float]) -> tuple[float, float]:
-    """(Δ, SE) of a candidate's quality against the base's: per_seed holds each student seed's mean
-    quality per prompt (the evaluation's ``per_prompt["quality"]``), base the base's, on the same
-    prompts in the same order; SE² = s²_prompts/P + s²_seeds/S (module docstring)."""
+def difference_se(per_seed: list[list[float]], base: list[float]) -> tuple[float, float]:
+    """(Δ, SE) of a candidate's metric against the base's: per_seed holds each student seed's mean
+    quality (or diversity) per prompt (the evaluation's ``per_prompt["quality"]``), base the base's, on
+    the same prompts in the same order; SE² = s²_prompts/P + s²_seeds/S (module docstring)."""
     import numpy as np
     if len(base) < 2 or any(len(q) != len(base) for q in per_seed):
         raise UserError("the selection's evaluations do not share the same 2 or more prompts: delete the --out "
@@ -196,10 +215,12 @@ def run_selection(preset: str, demo_root: str, candidates: list[Candidate], out:
     for cand in candidates:
         results = [run.candidate(cand, seed) for seed in seeds]
         per_seed = [_row(r) for r in results]
-        delta, se = quality_difference_se([r["per_prompt"]["quality"] for r in results], base["per_prompt"]["quality"])
+        delta, se = difference_se([r["per_prompt"]["quality"] for r in results], base["per_prompt"]["quality"])
+        d_delta, d_se = difference_se([r["per_prompt"]["diversity"] for r in results], base["per_prompt"]["diversity"])
         rows[cand.name] = {"form": cand.form, "beta": cand.beta, "group_size": cand.group,
                            "divergence": cand.divergence, "teacher_gamma": cand.gamma(run.gamma), "label": cand.label,
                            **_mean_rows(per_seed), "quality_delta": delta, "quality_se": se,
+                           "diversity_delta": d_delta, "diversity_se": d_se,
                            "per_seed": {str(s): {k: r[k] for k in ("quality", "diversity")} for s, r in zip(seeds, per_seed)}}
     chosen, why = choose(rows, rule)
     result = {"preset": preset, "gamma_star": run.gamma, "seeds": list(seeds), "split": "val", "num_prompts": num_prompts,
@@ -252,15 +273,17 @@ def format_table(result: dict) -> str:
     lines = [f"Validation ({result['num_prompts']} prompts × {result['generations']}, γ*={result['gamma_star']:g}, "
              f"student seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
              + (", means over seeds" if len(seeds) > 1 else "") + f"; rule: {result.get('rule', 'keep')})", "",
-             "| system | quality [95% CI] | Δ quality vs base ± SE | diversity [95% CI] | valid | length |",
-             "|---|---|---|---|---|---|"]
+             "| system | quality [95% CI] | Δ quality vs base ± SE | diversity [95% CI] | Δ diversity vs base ± SE "
+             "| valid | length |",
+             "|---|---|---|---|---|---|---|"]
     for name, r in result["rows"].items():
         label = {"base": "base", "beta0": "β=0 (demo's)"}.get(name) or r.get("label") or f"{r['form']} β={r['beta']:g}"
         mark = " **chosen**" if name == result["chosen"] else ""
-        delta = f"{r['quality_delta']:+.3f} ± {r['quality_se']:.3f}" if r.get("quality_se") is not None else ""
+        delta, d_delta = ((f"{r[k + '_delta']:+.3f} ± {r[k + '_se']:.3f}" if r.get(k + "_se") is not None else "")
+                          for k in ("quality", "diversity"))
         lines.append(f"| {label}{mark} | {r['quality']:.3f} [{r['quality_ci_low']:.3f}, {r['quality_ci_high']:.3f}] "
                      f"| {delta} | {r['diversity']:.3f} [{r['diversity_ci_low']:.3f}, {r['diversity_ci_high']:.3f}] "
-                     f"| {r['valid_rate']:.2f} | {r['mean_length']:.0f} |")
+                     f"| {d_delta} | {r['valid_rate']:.2f} | {r['mean_length']:.0f} |")
     lines += ["", f"Chosen: {result['chosen']}: {result['why']}."]
     if len(seeds) > 1:
         lines += ["", "Intervals are seed means of each seed's interval over prompts, a summary only; "
@@ -287,7 +310,9 @@ def add_arguments(parser) -> None:
                         "uses means over seeds")
     parser.add_argument("--rule", choices=list(RULES), default="margin",
                         help="keep: most diverse with validation quality ≥ the base's (sessions 5–8); margin: most "
-                        "diverse of those more diverse than the base whose quality beats it by one standard error")
+                        "diverse of those more diverse than the base whose quality beats it by one standard error; "
+                        "both: most diverse of those whose quality and diversity each beat the base's by one "
+                        "standard error")
     parser.add_argument("--num-prompts", type=arg_type(int, ge=1), default=48, help="validation prompts")
     parser.add_argument("--generations", type=arg_type(int, ge=2), default=4, help="generations per prompt")
     parser.add_argument("--threads", type=arg_type(int, ge=0), default=1, help="torch CPU threads")

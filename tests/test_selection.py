@@ -10,7 +10,7 @@ import pytest
 from divcfg.demo import student_dir
 from divcfg.errors import UserError
 from divcfg.recipe import SAMPLES_PER_STEP, Candidate, group_flags, parse_candidates
-from divcfg.selection import choose, plot_selection, quality_difference_se
+from divcfg.selection import choose, plot_selection, difference_se
 
 
 def test_candidates_parse_with_optional_modifiers():
@@ -139,18 +139,31 @@ def test_the_margin_rule_wants_one_standard_error_of_quality_and_more_diversity_
     assert name == "narrow" and "no candidate" in why     # fallback: the largest Δ − SE
 
 
+def test_the_both_rule_wants_one_standard_error_of_diversity_too():
+    rows = {"base": {"quality": 0.30, "diversity": 0.70},
+            "tie": {"quality": 0.33, "quality_se": 0.01, "diversity": 0.7005, "diversity_se": 0.02},  # session 10's
+            "wide": {"quality": 0.32, "quality_se": 0.01, "diversity": 0.75, "diversity_se": 0.02},
+            "wider": {"quality": 0.305, "quality_se": 0.01, "diversity": 0.80, "diversity_se": 0.02}}
+    assert choose(rows, "margin")[0] == "wide"                # margin: both pass; the more diverse wins
+    assert choose(rows, "both")[0] == "wide"                  # both: the tie's diversity is inside its noise
+    rows["wide"]["diversity_se"] = 0.06
+    name, why = choose(rows, "both")
+    assert name == "wider" and "no candidate" in why          # fallback: the largest smaller margin − SE:
+                                                              # wider −0.005, wide −0.01, tie −0.0195
+
+
 def test_the_quality_standard_error_adds_the_prompt_and_the_seed_terms():
     base = [0.5, 0.4, 0.6, 0.5]
     one = [[0.6, 0.4, 0.6, 0.6]]                             # Δ per prompt 0.1, 0, 0, 0.1
-    delta, se = quality_difference_se(one, base)
+    delta, se = difference_se(one, base)
     assert delta == pytest.approx(0.05) and se == pytest.approx(np.std([0.1, 0, 0, 0.1], ddof=1) / 2)
     # a second seed shifted by +0.1 everywhere: same per-prompt spread of the seed mean, plus a seed term
     two = one + [[q + 0.1 for q in one[0]]]
-    delta2, se2 = quality_difference_se(two, base)
+    delta2, se2 = difference_se(two, base)
     assert delta2 == pytest.approx(0.1)
     assert se2 ** 2 == pytest.approx(se ** 2 + np.var([0.05, 0.15], ddof=1) / 2)
     with pytest.raises(UserError):
-        quality_difference_se([[0.1]], base)                  # not the same prompts
+        difference_se([[0.1]], base)                  # not the same prompts
 
 
 def test_the_selection_plane_is_drawn(tmp_path):
