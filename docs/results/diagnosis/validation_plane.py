@@ -8,7 +8,7 @@ The base's curves come from one evaluation (`runs/val_curves`):
         --scorer runs/demo/shipped/scorer --data-dir data/small --seed 0 --threads 2 \
         --base runs/demo/shipped/base --out runs/val_curves
 
-the candidates (means over seeds 0, 1, 2) from `runs/select_margin` (sessions 9–10's `divcfg select` runs, on
+the candidates (means over seeds 0, 1, 2) from `runs/select_margin` (sessions 9–11's `divcfg select` runs, on
 the CPU) and `runs/gpu_students_h200` (the GPU run, sampled on the GPU: drawn shifted by the difference
 between its own base and the CPU base, and marked). For each candidate, "vs τ curve" is its diversity
 minus the base's temperature curve at the same quality (linear between the curve's points): positive
@@ -30,9 +30,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 HERE = Path(__file__).parent
 CPU, GPU, CURVES = Path("runs/select_margin"), Path("runs/gpu_students_h200"), Path("runs/val_curves")
 CANDIDATES = {  # folder stem -> label
-    "add_b10_t2": "β=10, teacher γ=2 (session 8's)", "add_b15": "β=15 (the presets')", "add_b20": "β=20",
+    "add_b10_t2": "β=10, teacher γ=2 (session 8's)", "add_b15": "β=15 from the base (sessions 9–10's)", "add_b20": "β=20",
     "add_b15_n512": "β=15, ≤512 tokens", "add_b15_key": "β=15, key-gated", "add_b20_key": "β=20, key-gated",
-    "add_b15_fromb0": "β=15, from the β=0 student",
+    "add_b15_fromb0": "β=15, from the β=0 student (the presets')", "add_b20_fromb0": "β=20, from the β=0 student",
+    "add_b30_fromb0": "β=30, from the β=0 student",
 }
 GPU_CANDIDATES = {"add_b15_steps120": "β=15, 120 steps (GPU)", "add_b15_steps240": "β=15, 240 steps (GPU)", "add_b15_steps480": "β=15, 480 steps (GPU)"}
 
@@ -64,7 +65,7 @@ def main() -> None:
     rows = [(label, seeds_mean(CPU, stem), False) for stem, label in CANDIDATES.items()]
     rows += [(label, seeds_mean(GPU, stem) + shift, True) for stem, label in GPU_CANDIDATES.items()]
 
-    fig, ax = plt.subplots(figsize=(7.5, 5.5))
+    fig, ax = plt.subplots(figsize=(10, 5.5))
     t = sorted(tau)
     ax.plot([p[0] for p in t], [p[1] for p in t], "-o", color="#7f7f7f", label="base, τ = 0.8 … 1.2")
     for q, d, temp in t:
@@ -75,8 +76,9 @@ def main() -> None:
         ax.annotate(f"γ={g:g}", (q, d), fontsize=7, xytext=(3, -9), textcoords="offset points")
     ax.plot(*beta0, "D", color="#2ca02c", ms=8, label="β=0 (distils CFG γ*=3)")
     lines = ["| recipe (means over 3 seeds) | quality | diversity | vs τ curve | vs CFG curve |", "|---|---|---|---|---|"]
-    for label, (q, d), on_gpu in rows:
-        ax.plot(q, d, "^" if on_gpu else "o", ms=7, label=label)
+    palette = [c for j, c in enumerate(plt.cm.tab20.colors) if j not in (0, 1, 4, 5, 14, 15)]  # not the curves' or β=0's
+    for i, (label, (q, d), on_gpu) in enumerate(rows):
+        ax.plot(q, d, "^" if on_gpu else "o", ms=7, color=(palette[0::2] + palette[1::2])[i % len(palette)], label=label)
         lines.append(f"| {label} | {q:.3f} | {d:.3f} | {d - curve_at([p[:2] for p in tau], q):+.3f} | "
                      f"{d - curve_at([p[:2] for p in cfg], q):+.3f} |")
     lines.append(f"| β=0 | {beta0[0]:.3f} | {beta0[1]:.3f} | {beta0[1] - curve_at([p[:2] for p in tau], beta0[0]):+.3f} | "
@@ -86,7 +88,7 @@ def main() -> None:
     ax.set_xlabel("quality (alignment scorer)")
     ax.set_ylabel("diversity (1 − cos of E)")
     ax.set_title("Validation plane: the recipes against the base's own curves", fontsize=10)
-    ax.legend(fontsize=7, loc="lower left")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(HERE / "validation_plane.png", dpi=120)
     table = "\n".join(lines)
