@@ -36,7 +36,12 @@ both cores), tokens/s wall (tokens per CPU-second agreed within 1%)::
 
 An earlier run of the same command (repeats 2, load 3.8) gave compiled plain / HF generate 2.17x
 and compiled plain / compiled CFG 1.78x (eager: 1.63x and 1.57x): the run-to-run spread on this
-machine is about ±10%. So the compiled path reaches the ≥ 2x plain target in some runs and not in
+machine is about ±10%. On 2026-11-27 (session 11) the same command on the idle machine (load 0.7)
+gave divcfg plain 3838 tok/s, compiled 4565, HF generate 2773: 1.38x eager and 1.65x compiled, CFG
+batched / generate CFG 1.89x (compiled 2.21x), plain / CFG batched 1.48x (compiled 1.51x). A side by
+side A/B of the eager sampler at a9b6a82 (where the figures above were taken) and at that day's HEAD
+gave 3630-4508 and 4382-4507 tok/s plain over two alternating runs each: no regression, but a
+run-to-run spread of up to 20% on this shared host. So the compiled path reaches the ≥ 2x plain target in some runs and not in
 others, and does not reach plain / CFG ≥ 1.9x. What is left per step at batch 32 is mostly the 16
 oneDNN bf16 linears (≈ 2 ms, the same kernels ``generate`` calls), attention over the cache
 (bandwidth-bound) and the sampler's own per-token ops (multinomial ≈ 0.3 ms).
