@@ -329,7 +329,8 @@ def add_arguments(parser) -> None:
     from divcfg.stages import seed_list
     parser.add_argument("--beta", type=arg_type(float, gt=0), default=None,
                         help="β of the diversity student (default: the preset's: 15 for demo and small, chosen on validation "
-                             "prompts by `divcfg select`, see README Results)")
+                             "prompts by `divcfg select`, see README Results); the rest of the preset's recipe stays "
+                             "(demo and small: started from the β=0 student); --recipe sets all of it")
     parser.add_argument("--recipe", default=None,
                         help="the diversity student's recipe in `divcfg select`'s syntax, form:β[:gG][:fkl][:tγ][:nN][:sN][:meter|key][:fromb0] (e.g. "
                              "additive:5:g4:fkl; default: the preset's, additive:15 for demo and small); --beta then overrides its β")
