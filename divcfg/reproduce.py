@@ -69,27 +69,24 @@ RECIPES: dict[str, Recipe] = {
     "small_fkl": Recipe("the exploratory significance run of the forward-KL diversity student (β=5, G=4)",
                         _demo_steps("small", (0, 1, 2), "--recipe", "additive:5:g4:fkl"),
                         "docs/results/small_fkl/results.csv", (0, 1, 2)),
-    "demo_beta5": Recipe("`make demo` with the former diversity recipe (additive β=5, the teacher at γ*)",
-                         _demo_steps("demo", (0,), "--recipe", "additive:5"), "docs/results/beta5/demo/results.csv",
-                         (0,)),
-    "small_beta5": Recipe("the significance run with the former diversity recipe (additive β=5, the teacher at γ*)",
-                          _demo_steps("small", (0, 1, 2), "--recipe", "additive:5"),
-                          "docs/results/beta5/small/results.csv", (0, 1, 2)),
-    "demo_beta10t2": Recipe("`make demo` with session 8's diversity recipe (additive β=10, the teacher at γ=2)",
-                            _demo_steps("demo", (0,), "--recipe", "additive:10:t2"),
-                            "docs/results/beta10t2/demo/results.csv", (0,)),
-    "small_beta10t2": Recipe("the significance run with session 8's diversity recipe (additive β=10, the teacher at γ=2)",
-                             _demo_steps("small", (0, 1, 2), "--recipe", "additive:10:t2"),
-                             "docs/results/beta10t2/small/results.csv", (0, 1, 2)),
-    "demo_beta15": Recipe("`make demo` with sessions 9–10's diversity recipe (additive β=15 from the base)",
-                          _demo_steps("demo", (0,), "--recipe", "additive:15"),
-                          "docs/results/beta15/demo/results.csv", (0,)),
-    "small_beta15": Recipe("the significance run with sessions 9–10's diversity recipe (additive β=15 from the base)",
-                           _demo_steps("small", (0, 1, 2), "--recipe", "additive:15"),
-                           "docs/results/beta15/small/results.csv", (0, 1, 2)),
     "tiny": Recipe("the test suite's tiny run (tiny data, few steps, two student seeds)",
                    _demo_steps("tiny", (0, 1)), "docs/results/tiny/results.csv", (0, 1)),
 }
+
+
+def _former_recipe(folder: str, what: str, recipe: str) -> dict[str, Recipe]:
+    """``demo_<folder>`` and ``small_<folder>``: `make demo` and the significance run with a former
+    diversity recipe (``--recipe``), published in ``docs/results/<folder>/{demo,small}/results.csv``."""
+    return {f"demo_{folder}": Recipe(f"`make demo` with {what}", _demo_steps("demo", (0,), "--recipe", recipe),
+                                     f"docs/results/{folder}/demo/results.csv", (0,)),
+            f"small_{folder}": Recipe(f"the significance run with {what}", _demo_steps("small", (0, 1, 2), "--recipe", recipe),
+                                      f"docs/results/{folder}/small/results.csv", (0, 1, 2))}
+
+
+RECIPES.update({**_former_recipe("beta5", "the former diversity recipe (additive β=5, the teacher at γ*)", "additive:5"),
+                **_former_recipe("beta10t2", "session 8's diversity recipe (additive β=10, the teacher at γ=2)",
+                                 "additive:10:t2"),
+                **_former_recipe("beta15", "sessions 9–10's diversity recipe (additive β=15 from the base)", "additive:15")})
 
 
 def _fill(argv: tuple[str, ...], root: Path, data: Path) -> list[str]:
