@@ -333,7 +333,7 @@ def add_arguments(parser) -> None:
                              "(demo and small: started from the β=0 student); --recipe sets all of it")
     parser.add_argument("--recipe", default=None,
                         help="the diversity student's recipe in `divcfg select`'s syntax, form:β[:gG][:fkl][:tγ][:nN][:sN][:meter|key][:fromb0] (e.g. "
-                             "additive:5:g4:fkl; default: the preset's, additive:15 for demo and small); --beta then overrides its β")
+                             "additive:5:g4:fkl; default: the preset's, additive:15:fromb0 for demo and small); --beta then overrides its β")
     parser.add_argument("--from-scratch", action="store_true",
                         help="train the base, E and the scorer instead of installing the shipped checkpoints "
                              "(divcfg/weights; the small preset's commands made them)")

@@ -10,7 +10,7 @@ import pytest
 from divcfg.demo import student_dir
 from divcfg.errors import UserError
 from divcfg.recipe import SAMPLES_PER_STEP, Candidate, group_flags, parse_candidates
-from divcfg.selection import choose, plot_selection, difference_se
+from divcfg.selection import choose, difference_se, plot_selection
 
 
 def test_candidates_parse_with_optional_modifiers():
@@ -163,7 +163,7 @@ def test_the_quality_standard_error_adds_the_prompt_and_the_seed_terms():
     assert delta2 == pytest.approx(0.1)
     assert se2 ** 2 == pytest.approx(se ** 2 + np.var([0.05, 0.15], ddof=1) / 2)
     with pytest.raises(UserError):
-        difference_se([[0.1]], base)                  # not the same prompts
+        difference_se([[0.1]], base)                          # not the same prompts
 
 
 def test_the_selection_plane_is_drawn(tmp_path):
