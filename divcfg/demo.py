@@ -45,16 +45,9 @@ class DemoPreset:
     gamma_sweep: dict
     finetune: dict
     evaluate: dict
-    beta: float
-    reward_form: str = "additive"   # the diversity student's (divcfg.rewards); β=0 trains without a reward
-    group_size: int = 2             # the diversity student's generations per prompt (≥3: leave-one-out baseline,
-                                    # 16/G prompts per step: divcfg.recipe.group_flags)
-    divergence: str = "reverse_kl"  # the diversity student's divergence to the teacher (β=0: always reverse KL)
-    teacher_gamma: float | None = None  # the diversity student's CFG teacher γ (None: γ*; β=0 always distils γ*)
-    train_tokens: int | None = None     # the diversity student's training token cap (None: the finetune preset's)
-    train_steps: int | None = None      # the diversity student's training steps (None: the finetune preset's)
-    reward_gate: str = "empty"          # the diversity student's reward gate (divcfg finetune --reward-gate)
-    from_beta0: bool = False            # the diversity student starts from its seed's β=0 student, not the base
+    recipe: Candidate       # the diversity student's recipe (divcfg.recipe: reward form, β, G, divergence, teacher γ,
+                            # token cap, steps, reward gate, start from β=0); β=0 trains without a reward, reverse KL,
+                            # distilling γ*, from the base
     seeds: tuple[int, ...] = (0,)   # the students' training seeds (--seeds overrides)
     threads: int = 2
     shipped: bool = False   # base, E and scorer from divcfg.pretrained (the three stages above: --from-scratch)
@@ -89,7 +82,7 @@ PRESETS: dict[str, DemoPreset] = {
         finetune={"preset": "demo", "max-steps": "120"},
         evaluate={"preset": "demo", "num-prompts": "32", "cfg-gammas": "1.5,2,3", "temperatures": "1.2",
                   "lams": "0,0.25,0.5,0.75,1"},
-        beta=15.0, from_beta0=True, shipped=True),
+        recipe=Candidate("additive", 15.0, from_beta0=True), shipped=True),
     # minutes: for the test suite
     "tiny": DemoPreset(
         data_preset="tiny",
@@ -100,7 +93,7 @@ PRESETS: dict[str, DemoPreset] = {
                      "max-new-tokens": "48", "temperatures": "", "quality": "", "diversity": ""},
         finetune={"preset": "tiny"},
         evaluate={"preset": "tiny"},
-        beta=15.0, threads=2),
+        recipe=Candidate("additive", 15.0), threads=2),
 }
 
 # the significance run: the demo's students for three seeds, 128 held-out prompts × 4, intervals
@@ -151,12 +144,6 @@ def choose_gamma(results_file: Path) -> tuple[float, dict[float, float]]:
     return best, by_gamma
 
 
-def diversity_recipe(p: DemoPreset) -> Candidate:
-    """The preset's diversity student as a `divcfg select` candidate (its flags and folder suffix)."""
-    return Candidate(p.reward_form, p.beta, p.group_size, p.divergence, p.teacher_gamma, p.train_tokens,
-                     p.train_steps, p.reward_gate, p.from_beta0)
-
-
 def student_dir(root: Path, beta: float, seed: int, recipe: Candidate | None = None) -> Path:
     """A student's folder: ``ft_beta{β}`` for seed 0 (as a single-seed demo writes it), ``ft_beta{β}_s{seed}``;
     a diversity student (β > 0) of another ``recipe`` than the paper's (additive, G=2, reverse KL, the
@@ -202,15 +189,12 @@ def run_demo(preset: str = "demo", root: str | None = None, data_root: str = "da
         cands = parse_candidates(recipe, "--recipe")
         if len(cands) != 1:
             raise UserError(f"--recipe takes one form:β[:gG][:fkl][:tγ][:nN][:sN][:meter|key][:fromb0] item, e.g. additive:5:g4:fkl: got {recipe!r}")
-        c = cands[0]
-        p = dataclasses.replace(p, reward_form=c.form, beta=c.beta, group_size=c.group, divergence=c.divergence,
-                                teacher_gamma=c.teacher_gamma, train_tokens=c.max_new_tokens, train_steps=c.steps,
-                                reward_gate=c.gate, from_beta0=c.from_beta0)
+        p = dataclasses.replace(p, recipe=cands[0])
     seeds = tuple(seeds) if seeds else p.seeds
     if beta is not None:
         if beta <= 0:
             raise UserError(f"--beta must be > 0 (the diversity student; β=0 is always trained): got {beta:g}")
-        p = dataclasses.replace(p, beta=beta)
+        p = dataclasses.replace(p, recipe=dataclasses.replace(p.recipe, beta=beta))
     root_dir = Path(root or f"runs/{preset}" + ("-scratch" if p.shipped and from_scratch else ""))
     root_dir.mkdir(parents=True, exist_ok=True)
     data_dir = Path(data_root) / p.data_preset
@@ -282,24 +266,24 @@ def run_demo(preset: str = "demo", root: str | None = None, data_root: str = "da
           + ", ".join(f"{g:g}: {q:.3f}" for g, q in sorted(by_gamma.items())) + ")")
     students = {"quality": [], "diversity": []}   # one β=0 and one β>0 student per seed
     for seed, (role, name, beta) in ((s, x) for s in seeds for x in (("quality", "finetune_beta0", 0.0),
-                                                                      ("diversity", "finetune_beta", p.beta))):
-        out = student_dir(root_dir, beta, seed, diversity_recipe(p))
+                                                                      ("diversity", "finetune_beta", p.recipe.beta))):
+        out = student_dir(root_dir, beta, seed, p.recipe)
         students[role].append(str(out))
         stage(name if seed == 0 else f"{name}_s{seed}", _finished(out),
               lambda beta=beta, out=out, seed=seed: ["finetune", *_flags(p.finetune), "--base", str(ck["base"]),
-                                                     "--gamma", f"{diversity_recipe(p).gamma(gamma) if beta > 0 else gamma:g}",
+                                                     "--gamma", f"{p.recipe.gamma(gamma) if beta > 0 else gamma:g}",
                                                      "--beta", f"{beta:g}",
-                                                     *(diversity_recipe(p).flags() if beta > 0 else []),
-                                                     *(init_from_beta0(root_dir, seed, diversity_recipe(p), preset)
+                                                     *(p.recipe.flags() if beta > 0 else []),
+                                                     *(init_from_beta0(root_dir, seed, p.recipe, preset)
                                                        if beta > 0 else []),
                                                      "--seed", str(seed), "--embedder", str(ck["embedder"]),
                                                      "--scorer", str(ck["scorer"]), "--data-dir", str(data_dir),
                                                      "--out", str(out), "--resume", *threads], out)
     record["student_seeds"] = list(seeds)
-    record["diversity_recipe"] = {"form": p.reward_form, "beta": p.beta, "group_size": p.group_size,
-                                  "divergence": p.divergence, "teacher_gamma": diversity_recipe(p).gamma(gamma),
-                                  "train_tokens": p.train_tokens, "train_steps": p.train_steps,
-                                  "reward_gate": p.reward_gate, "from_beta0": p.from_beta0}
+    r = p.recipe
+    record["diversity_recipe"] = {"form": r.form, "beta": r.beta, "group_size": r.group, "divergence": r.divergence,
+                                  "teacher_gamma": r.gamma(gamma), "train_tokens": r.max_new_tokens,
+                                  "train_steps": r.steps, "reward_gate": r.gate, "from_beta0": r.from_beta0}
     stage("evaluate", _evaluated(ck["eval"], students),
           lambda: ["evaluate", *_flags(p.evaluate), "--base", str(ck["base"]),
                    "--quality", ",".join(students["quality"]), "--diversity", ",".join(students["diversity"]),
@@ -308,7 +292,7 @@ def run_demo(preset: str = "demo", root: str | None = None, data_root: str = "da
     stage("report", False,
           lambda: ["report", str(ck["eval"]),
                    "--training-log", f"β=0={Path(students['quality'][0]) / 'metrics.jsonl'}",
-                   "--training-log", f"β={p.beta:g}={Path(students['diversity'][0]) / 'metrics.jsonl'}"])
+                   "--training-log", f"β={p.recipe.beta:g}={Path(students['diversity'][0]) / 'metrics.jsonl'}"])
     record["total_wall_s"] = round(sum(s["wall_s"] for s in record["stages"].values()), 1)
     record["provenance"] = provenance(0, stage="demo", started_at_commit=started_at)
     if record["provenance"]["git_commit"] != started_at:

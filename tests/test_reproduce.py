@@ -61,10 +61,10 @@ def test_recipes_state_their_seeds():
 
 
 def test_the_former_beta15_tables_reproduce_with_the_student_started_from_the_base():
-    from divcfg.demo import PRESETS, diversity_recipe, student_dir
+    from divcfg.demo import PRESETS, student_dir
     from divcfg.recipe import parse_candidates
-    assert PRESETS["demo"].from_beta0 and PRESETS["small"].from_beta0     # the presets' recipe: from β=0
-    assert student_dir(Path("r"), 15.0, 0, diversity_recipe(PRESETS["demo"])).name == "ft_beta15_fromb0"
+    assert PRESETS["demo"].recipe.from_beta0 and PRESETS["small"].recipe.from_beta0   # the presets': from β=0
+    assert student_dir(Path("r"), 15.0, 0, PRESETS["demo"].recipe).name == "ft_beta15_fromb0"
     steps = RECIPES["small_beta15"].steps[0]
     recipe = parse_candidates(steps[steps.index("--recipe") + 1])[0]
     assert not recipe.from_beta0 and recipe.beta == 15.0                  # sessions 9–10's: from the base
