@@ -234,3 +234,27 @@ def test_bootstrap_interval_covers_the_mean():
     lo, hi = bootstrap_ci(values, 2000, 0.95, 0)
     assert lo < sum(values) / len(values) < hi and hi - lo < 0.6
     assert bootstrap_ci([0.3, math.nan], 100, 0.95, 0) == (0.3, 0.3)
+
+
+def test_cfg_at_a_temperature(tiny_setup, data_dir, tmp_path):
+    """--cfg-temperatures samples CFG γ at τ as its own family, off the CFG front, at two passes per token."""
+    from divcfg.report.plots import plot_quality_diversity
+
+    kw = dict(cfg_gammas="2", temperatures="", cfg_temperatures="1,1.5", quality="", diversity="", lams="",
+              bootstrap=10)
+    results = evaluate(tiny_config(tiny_setup, data_dir, tmp_path, **kw))
+    by = {r["name"]: r for r in results["systems"]}
+    assert list(by) == ["base", "cfg_g2", "cfg_g2_t1.5"]   # τ=1 is CFG γ=2 itself
+    hot = by["cfg_g2_t1.5"]
+    assert (hot["family"], hot["gamma"], hot["temperature"], hot["forward_passes_per_token"]) == \
+        ("cfg_temperature", 2.0, 1.5, 2)
+    assert hot["label"] == "CFG γ=2 τ=1.5"
+    assert results["families"]["cfg"]["systems"] == ["base", "cfg_g2"]
+    assert results["families"]["cfg_temperature"]["systems"] == ["cfg_g2_t1.5"]
+    samples = _samples(tmp_path)
+    tokens = {name: [s["tokens"] for s in samples if s["system"] == name] for name in by}
+    assert tokens["cfg_g2_t1.5"] != tokens["cfg_g2"]   # the temperature changed what was sampled
+    plot_quality_diversity(results, tmp_path / "plane.png", tmp_path / "plane.svg")
+    assert "CFG at τ≠1" in (tmp_path / "plane.svg").read_text()
+    with pytest.raises(UserError, match="cfg-temperatures"):
+        evaluate(tiny_config(tiny_setup, data_dir, tmp_path / "bad", cfg_temperatures="0,1.2"))

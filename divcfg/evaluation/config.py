@@ -9,7 +9,7 @@ from pathlib import Path
 from divcfg.config import field
 from divcfg.errors import UserError
 
-FAMILY_ORDER = ("cfg", "temperature", "finetuned", "merge")
+FAMILY_ORDER = ("cfg", "temperature", "cfg_temperature", "finetuned", "merge")
 
 
 @dataclass
@@ -24,6 +24,10 @@ class EvalConfig:
     lams: str = field("0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1", "comma-separated merge weights λ", float_list=True, ge=0, le=1)
     cfg_gammas: str = field("1.5,2,3,4,5", "comma-separated CFG scales γ for the base model (γ=1 is base)", float_list=True, ge=0, le=100)
     temperatures: str = field("0.8,0.9,1.1,1.25,1.5", "comma-separated temperatures τ for the base model (τ=1 is base)", float_list=True, ge=0.01, le=100)
+    cfg_temperatures: str = field("", "comma-separated temperatures τ at which every CFG γ of --cfg-gammas is also "
+                                  "sampled, softmax(((1-γ)·l(∅) + γ·l(x))/τ): the family cfg_temperature, off the "
+                                  "CFG front (empty = none; its points also move the shared hypervolume reference)",
+                                  float_list=True, ge=0.01, le=100)
     prompts: str = field("", "text domain: prompt file (.txt one per line, .jsonl with a 'prompt' field); "
                          "empty = the music testbed of --data-dir")
     null_prompt: str = field("", "text domain: the null prompt ∅ of CFG (empty = the one stored with a "
@@ -133,11 +137,13 @@ def build_systems(cfg: EvalConfig) -> list[System]:
         raise UserError("--base is required: the pre-trained generator checkpoint (e.g. runs/small/base)")
     gammas = parse_floats(cfg.cfg_gammas, "cfg_gammas")
     temps = parse_floats(cfg.temperatures, "temperatures")
+    cfg_temps = parse_floats(cfg.cfg_temperatures, "cfg_temperatures")
     lams = parse_floats(cfg.lams, "lams")
     if any(g < 0 for g in gammas):
         raise UserError(f"--cfg-gammas must be ≥ 0 (1 = no guidance), got {cfg.cfg_gammas}")
-    if any(t <= 0 for t in temps):
-        raise UserError(f"--temperatures must be > 0, got {cfg.temperatures}")
+    if any(t <= 0 for t in temps + cfg_temps):
+        raise UserError(f"--temperatures and --cfg-temperatures must be > 0, got {cfg.temperatures!r} and "
+                        f"{cfg.cfg_temperatures!r}")
     if any(not 0 <= x <= 1 for x in lams):
         raise UserError(f"--lams must lie in [0, 1], got {cfg.lams}")
     base = _ckpt(cfg.base)
@@ -145,6 +151,8 @@ def build_systems(cfg: EvalConfig) -> list[System]:
     systems += [System(f"cfg_g{_fmt(g)}", f"CFG γ={_fmt(g)}", "cfg", base, gamma=g) for g in gammas if g != 1.0]
     systems += [System(f"temp_t{_fmt(t)}", f"τ={_fmt(t)}", "temperature", base, temperature=t)
                 for t in temps if t != 1.0]
+    systems += [System(f"cfg_g{_fmt(g)}_t{_fmt(t)}", f"CFG γ={_fmt(g)} τ={_fmt(t)}", "cfg_temperature", base,
+                       gamma=g, temperature=t) for g in gammas if g != 1.0 for t in cfg_temps if t != 1.0]
     for path, name, what, default_beta in ((cfg.quality, "distilled", "distilled", 0),
                                            (cfg.diversity, "diversity", "diversity", 15)):
         if path:

@@ -24,6 +24,7 @@ from divcfg.report.section import finite, section_for
 FAMILY_STYLE = {  # family -> (colour, marker, legend name)
     "cfg": ("#d62728", "s", "CFG γ-sweep"),
     "temperature": ("#7f7f7f", "^", "temperature τ-sweep"),
+    "cfg_temperature": ("#ff7f0e", "v", "CFG at τ≠1"),
     "merge": ("#1f77b4", "o", "merge λ-sweep"),
     "finetuned": ("#2ca02c", "D", "fine-tuned students"),
 }
@@ -32,9 +33,10 @@ FAMILY_STYLE = {  # family -> (colour, marker, legend name)
 def _curve(results: dict, family: str) -> list[dict]:
     by_name = {r["name"]: r for r in results["systems"]}
     names = results["families"].get(family, {}).get("systems", [])
-    key = {"cfg": "gamma", "temperature": "temperature", "merge": "lam"}.get(family)
+    keys = {"cfg": ("gamma",), "temperature": ("temperature",), "cfg_temperature": ("gamma", "temperature"),
+            "merge": ("lam",)}.get(family)
     rows = [by_name[n] for n in names if n in by_name]
-    return sorted(rows, key=lambda r: r[key]) if key else rows
+    return sorted(rows, key=lambda r: tuple(r[k] for k in keys)) if keys else rows
 
 
 def _point_label(r: dict) -> str:
@@ -44,6 +46,8 @@ def _point_label(r: dict) -> str:
         return f"γ={r['gamma']:g}"
     if r["family"] == "temperature":
         return f"τ={r['temperature']:g}"
+    if r["family"] == "cfg_temperature":
+        return f"γ={r['gamma']:g} τ={r['temperature']:g}"
     if r["family"] == "merge":
         return f"λ={r['lam']:g}"
     return r["label"].split()[-1] if "β" in r["label"] else r["label"]
@@ -81,7 +85,8 @@ def plot_quality_diversity(results: dict, png: Path, svg: Path, section=None) ->
                 [r["diversity_ci_high"] - r["diversity"] for r in rows]]
         ax.errorbar(xs, ys, xerr=np.clip(xerr, 0, None), yerr=np.clip(yerr, 0, None), fmt="none",
                     ecolor=colour, alpha=0.18, lw=1)
-        ax.plot(xs, ys, linestyle="-" if fam != "finetuned" else "none", color=colour, marker=marker, ms=6,
+        line = "none" if fam in ("finetuned", "cfg_temperature") else "-"
+        ax.plot(xs, ys, linestyle=line, color=colour, marker=marker, ms=6,
                 label=f"{name} — {_cost(rows)}; hypervolume {hv:.3g}")
         on_front = [(x, y) for r, x, y in zip(rows, xs, ys) if r["name"] in fronts[fam]]
         if on_front:
