@@ -218,7 +218,8 @@ def run_selection(preset: str, demo_root: str, candidates: list[Candidate], out:
         delta, se = difference_se([r["per_prompt"]["quality"] for r in results], base["per_prompt"]["quality"])
         d_delta, d_se = difference_se([r["per_prompt"]["diversity"] for r in results], base["per_prompt"]["diversity"])
         rows[cand.name] = {"form": cand.form, "beta": cand.beta, "group_size": cand.group,
-                           "divergence": cand.divergence, "teacher_gamma": cand.gamma(run.gamma), "label": cand.label,
+                           "divergence": cand.divergence, "teacher_gamma": cand.gamma(run.gamma),
+                           "teacher_temperature": cand.teacher_temperature, "label": cand.label,
                            **_mean_rows(per_seed), "quality_delta": delta, "quality_se": se,
                            "diversity_delta": d_delta, "diversity_se": d_se,
                            "per_seed": {str(s): {k: r[k] for k in ("quality", "diversity")} for s, r in zip(seeds, per_seed)}}

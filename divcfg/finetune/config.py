@@ -14,7 +14,7 @@ PG_NORMALISATIONS = ("token", "sequence")
 REWARD_GATES = ("empty", "meter", "key")
 TEACHER_DTYPES = ("fp32", "bf16")
 # fields a --resume must not change (the run would silently become another experiment)
-KEY_FIELDS = ("base", "init", "gamma", "beta", "divergence", "jsd_beta", "group_size", "baseline", "pg_normalise", "reward_gate",
+KEY_FIELDS = ("base", "init", "gamma", "teacher_temperature", "beta", "divergence", "jsd_beta", "group_size", "baseline", "pg_normalise", "reward_gate",
               "prompts_per_step", "max_new_tokens", "seed", "embedder", "prompts", "null_prompt", "diversity_judge",
               "quality_judge", "quality_weight", "reward_form", "lora_r", "lora_alpha", "lora_target_modules")
 
@@ -49,6 +49,8 @@ class FinetuneConfig:
     out: str = field("runs/small/ft", "run folder (checkpoint/, metrics.jsonl, summary.json)")
     seed: int = field(0, "random seed (prompts, sampling)", ge=0)
     gamma: float = field(2.0, "the CFG teacher's guidance scale γ (1 = plain conditional)", ge=0, le=100)
+    teacher_temperature: float = field(1.0, "the CFG teacher's temperature τ_T: the student distils "
+                                       "softmax(((1-γ)·l(∅) + γ·l(x))/τ_T) (1 = the paper's teacher)", ge=0.05, le=20)
     beta: float = field(0.0, "weight β of the diversity term: loss = KL - β·surrogate", ge=0)
     divergence: str = field("reverse_kl", f"token divergence to the teacher: {', '.join(DIVERGENCES)}", choices=DIVERGENCES)
     jsd_beta: float = field(0.5, "β of the generalised JSD (TRL convention: 0 = forward KL, 1 = reverse KL)", ge=0, le=1)

@@ -51,9 +51,14 @@ def rollout(student, cond, cfg, gen: torch.Generator, autocast: bool, restrict: 
 
 @torch.no_grad()
 def teacher_logprobs(teacher, x, cond, cfg, autocast: bool, restrict: VocabRestriction) -> torch.Tensor:
-    """The CFG teacher's log-probs over the sampled sequences (teacher forcing)."""
+    """The CFG teacher's log-probs over the sampled sequences (teacher forcing), at temperature τ_T:
+    ``log softmax(log π_γ / τ_T)``, which is ``log softmax(CFG logits / τ_T)`` (the normaliser of π_γ is a
+    per-position constant that the second softmax removes)."""
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
-        return restrict.logprobs(guided_sequence_logprobs(teacher.model, x, cond, cfg.gamma, cfg.cfg_mode))
+        lp = guided_sequence_logprobs(teacher.model, x, cond, cfg.gamma, cfg.cfg_mode)
+    if cfg.teacher_temperature != 1.0:
+        lp = torch.log_softmax(lp.float() / cfg.teacher_temperature, dim=-1)
+    return restrict.logprobs(lp)
 
 
 def reward(judges, domain, student, out_s, texts: list[str], infos: list, cfg, baseline: RewardBaseline,
