@@ -195,3 +195,27 @@ def test_empty_generations_get_no_diversity_credit():
     r = diversity_rewards(emb, 2, valid)
     assert r[0].tolist() == [0.0, 0.0]
     assert r[1].tolist() == pytest.approx([2.0, 2.0])
+
+
+def test_a_hotter_teacher_is_the_cfg_logits_over_its_temperature(tiny_model):
+    """teacher_logprobs at τ_T equals log softmax(CFG logits / τ_T) and is flatter than at τ_T = 1."""
+    from types import SimpleNamespace
+
+    from divcfg.finetune.config import FinetuneConfig
+    from divcfg.finetune.loop import teacher_logprobs
+    from divcfg.finetune.quick_eval import VocabRestriction
+    from divcfg.guidance import cfg_logits
+
+    torch.manual_seed(2)
+    toks = torch.randint(3, 30, (3, 10))
+    toks[:, 0] = 1
+    cond = torch.randn(3, 384)
+    teacher, restrict = SimpleNamespace(model=tiny_model), VocabRestriction(30, [0, 1])
+    at = {t: teacher_logprobs(teacher, toks, cond, FinetuneConfig(gamma=3.0, teacher_temperature=t), False, restrict)
+          for t in (1.0, 1.5)}
+    with torch.no_grad():
+        logits = cfg_logits(tiny_model(toks, cond), tiny_model(toks, None), 3.0)
+    assert torch.allclose(at[1.5], restrict.logprobs(logits / 1.5), atol=1e-5)
+    assert not torch.allclose(at[1.5], at[1.0], atol=1e-3)
+    entropy = {t: -(lp.exp() * lp).sum(-1).mean() for t, lp in at.items()}
+    assert entropy[1.5] > entropy[1.0]

@@ -174,3 +174,14 @@ def test_the_selection_plane_is_drawn(tmp_path):
                    tmp_path / "s.png")
     png = (tmp_path / "s.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def test_a_hot_teacher_modifier_sets_the_teacher_temperature_and_allows_beta_zero():
+    c = parse_candidates("additive:0:t2:hot1.3")[0]
+    assert (c.beta, c.teacher_gamma, c.teacher_temperature) == (0.0, 2.0, 1.3)
+    assert c.name == "add_b0_t2_hot1.3" and "teacher τ=1.3" in c.label
+    assert c.flags()[c.flags().index("--teacher-temperature") + 1] == "1.3"
+    assert "--teacher-temperature" not in parse_candidates("additive:15")[0].flags()
+    for bad in ("additive:0", "additive:5:hot0", "additive:5:hot30", "additive:5:hotx"):
+        with pytest.raises(UserError, match="hotτ"):
+            parse_candidates(bad)
