@@ -150,7 +150,7 @@ def student_dir(root: Path, beta: float, seed: int, recipe: Candidate | None = N
     preset's teacher, tokens and steps) carries its suffixes, e.g. ``ft_beta5_mult``,
     ``ft_beta5_g4_fkl_t3_s1`` (never mistaken for a cached student of another recipe)."""
     name = f"ft_beta{beta:g}"
-    if beta > 0 and recipe is not None:
+    if recipe is not None and (beta > 0 or recipe.teacher_temperature != 1.0):  # a hot β=0 recipe is not ft_beta0
         name += ("" if recipe.form == "additive" else f"_{FORMS[recipe.form]}") + recipe.modifiers
     return root / (name if seed == 0 else f"{name}_s{seed}")
 
@@ -283,7 +283,8 @@ def run_demo(preset: str = "demo", root: str | None = None, data_root: str = "da
     r = p.recipe
     record["diversity_recipe"] = {"form": r.form, "beta": r.beta, "group_size": r.group, "divergence": r.divergence,
                                   "teacher_gamma": r.gamma(gamma), "train_tokens": r.max_new_tokens,
-                                  "train_steps": r.steps, "reward_gate": r.gate, "from_beta0": r.from_beta0}
+                                  "train_steps": r.steps, "reward_gate": r.gate, "from_beta0": r.from_beta0,
+                                  "teacher_temperature": r.teacher_temperature}
     stage("evaluate", _evaluated(ck["eval"], students),
           lambda: ["evaluate", *_flags(p.evaluate), "--base", str(ck["base"]),
                    "--quality", ",".join(students["quality"]), "--diversity", ",".join(students["diversity"]),

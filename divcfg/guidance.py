@@ -42,16 +42,19 @@ def cfg_logits(cond_logits: torch.Tensor, uncond_logits: torch.Tensor, gamma: fl
 
 
 def guided_sequence_logprobs(model, tokens: torch.Tensor, cond: torch.Tensor, gamma: float,
-                             mode: str = "batched") -> torch.Tensor:
-    """Teacher-forced guided log-probs (B, T, V) of ``model`` over ``tokens`` (rows start with BOS).
+                             mode: str = "batched", temperature: float = 1.0) -> torch.Tensor:
+    """Teacher-forced guided log-probs (B, T, V) of ``model`` over ``tokens`` (rows start with BOS), at
+    temperature τ: ``log softmax(log p_γ / τ)``, which is ``log softmax(((1-γ)·ℓ_u + γ·ℓ_c) / τ)`` (the
+    normaliser of ``p_γ`` only shifts each row, and the outer softmax removes it).
 
-    Used as the CFG teacher in distillation. γ=1 needs only the conditional pass.
+    Used as the CFG teacher in distillation (τ ≠ 1: a hotter or colder teacher). γ=1 needs only the
+    conditional pass.
     """
     if mode not in CFG_MODES:
         raise ValueError(f"cfg mode must be one of {CFG_MODES}, got {mode!r}")
     B = tokens.shape[0]
     if gamma == 1.0:
-        return F.log_softmax(model(tokens, cond).float(), dim=-1)
+        return F.log_softmax(model(tokens, cond).float() / temperature, dim=-1)
     if mode == "batched":
         null_mask = torch.arange(2 * B, device=tokens.device) >= B  # [cond rows; null rows]
         logits = model(torch.cat([tokens, tokens]), torch.cat([cond, cond]), null_mask)
@@ -59,4 +62,5 @@ def guided_sequence_logprobs(model, tokens: torch.Tensor, cond: torch.Tensor, ga
     else:
         lc = model(tokens, cond)
         lu = model(tokens, None)
-    return cfg_logprobs(lc, lu, gamma)
+    lp = cfg_logprobs(lc, lu, gamma)
+    return lp if temperature == 1.0 else F.log_softmax(lp / temperature, dim=-1)

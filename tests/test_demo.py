@@ -67,7 +67,8 @@ def test_tiny_demo_end_to_end(tmp_path):
     assert beta0["gamma"] == record["gamma_star"] != 3.0          # the β=0 student keeps distilling γ*
     assert record["diversity_recipe"] == {
         "form": "additive", "beta": 15.0, "group_size": 4, "divergence": "forward_kl", "teacher_gamma": 3.0,
-        "train_tokens": 40, "train_steps": None, "reward_gate": "empty", "from_beta0": False}
+        "train_tokens": 40, "train_steps": None, "reward_gate": "empty", "from_beta0": False,
+        "teacher_temperature": 1.0}
     config = json.loads((root / "eval" / "results.json").read_text())["config"]
     assert config["diversity"] == str(root / "ft_beta15_g4_fkl_t3_n40")
     bad = subprocess.run(cmd + ["--recipe", "additive:15:g3"], capture_output=True, text=True, timeout=120)

@@ -182,6 +182,9 @@ def test_a_hot_teacher_modifier_sets_the_teacher_temperature_and_allows_beta_zer
     assert c.name == "add_b0_t2_hot1.3" and "teacher τ=1.3" in c.label
     assert c.flags()[c.flags().index("--teacher-temperature") + 1] == "1.3"
     assert "--teacher-temperature" not in parse_candidates("additive:15")[0].flags()
+    from divcfg.demo import student_dir
+    assert student_dir(Path("r"), 0.0, 1, c).name == "ft_beta0_t2_hot1.3_s1"   # never the β=0 student's folder
+    assert student_dir(Path("r"), 0.0, 1).name == "ft_beta0_s1"
     for bad in ("additive:0", "additive:5:hot0", "additive:5:hot30", "additive:5:hotx"):
         with pytest.raises(UserError, match="hotτ"):
             parse_candidates(bad)

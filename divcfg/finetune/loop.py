@@ -51,14 +51,10 @@ def rollout(student, cond, cfg, gen: torch.Generator, autocast: bool, restrict: 
 
 @torch.no_grad()
 def teacher_logprobs(teacher, x, cond, cfg, autocast: bool, restrict: VocabRestriction) -> torch.Tensor:
-    """The CFG teacher's log-probs over the sampled sequences (teacher forcing), at temperature τ_T:
-    ``log softmax(log π_γ / τ_T)``, which is ``log softmax(CFG logits / τ_T)`` (the normaliser of π_γ is a
-    per-position constant that the second softmax removes)."""
+    """The CFG teacher's log-probs over the sampled sequences (teacher forcing), at its temperature τ_T."""
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
-        lp = guided_sequence_logprobs(teacher.model, x, cond, cfg.gamma, cfg.cfg_mode)
-    if cfg.teacher_temperature != 1.0:
-        lp = torch.log_softmax(lp.float() / cfg.teacher_temperature, dim=-1)
-    return restrict.logprobs(lp)
+        return restrict.logprobs(guided_sequence_logprobs(teacher.model, x, cond, cfg.gamma, cfg.cfg_mode,
+                                                          cfg.teacher_temperature))
 
 
 def reward(judges, domain, student, out_s, texts: list[str], infos: list, cfg, baseline: RewardBaseline,
@@ -203,9 +199,10 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
         run.saved_step = run.step
         dp.barrier()
 
-    def evaluate(model=student, gamma: float = 1.0, prefix: str = "eval") -> dict:
+    def evaluate(model=student, gamma: float = 1.0, prefix: str = "eval", temperature: float = 1.0) -> dict:
         t0 = time.time()
-        res = quick_eval(model, teacher, val_prompts, cfg, judges, domain, restrict, autocast, gamma, prefix)
+        res = quick_eval(model, teacher, val_prompts, cfg, judges, domain, restrict, autocast, gamma, prefix,
+                         temperature)
         if prefix == "eval":
             res["eval/seconds"] = time.time() - t0
         log({"step": run.step, **res})
@@ -223,7 +220,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True) -
     if state is None and dp.is_main:
         run.first_eval = evaluate()
         if cfg.eval_teacher:
-            run.first_eval.update(evaluate(teacher, cfg.gamma, "eval_teacher"))
+            run.first_eval.update(evaluate(teacher, cfg.gamma, "eval_teacher", cfg.teacher_temperature))
         run.last_eval = run.first_eval
         tqdm.write("start: " + _fmt(run.first_eval))
 

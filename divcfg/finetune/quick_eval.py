@@ -47,9 +47,9 @@ def check_finite(loss: torch.Tensor, grad_norm: torch.Tensor, step: int, ckpt_di
 
 @torch.no_grad()
 def quick_eval(student, teacher, prompts, cfg, judges, domain, restrict: VocabRestriction, autocast: bool,
-               gamma: float = 1.0, prefix: str = "eval") -> dict[str, float]:
+               gamma: float = 1.0, prefix: str = "eval", temperature: float = 1.0) -> dict[str, float]:
     """Sample ``eval_samples`` generations per validation prompt from the plug-in ``student`` at
-    guidance ``gamma`` (1 = no CFG) with a fixed seed; report the diversity (if a diversity judge and
+    guidance ``gamma`` (1 = no CFG) and ``temperature`` with a fixed seed; report the diversity (if a diversity judge and
     G ≥ 2), the domain's figures (music: in-key rate; text: distinct-2), the quality (if a quality
     judge: music alignment, text prompt similarity), the empty rate, lengths and — for γ=1 — the
     reverse KL of the samples' distribution to the teacher."""
@@ -59,8 +59,8 @@ def quick_eval(student, teacher, prompts, cfg, judges, domain, restrict: VocabRe
     cond = prompts.cond.to(device).repeat_interleave(G, dim=0)
     gen = torch.Generator(device=device).manual_seed(cfg.seed + 12345)
     n_new = cfg.eval_max_new_tokens or cfg.max_new_tokens
-    out = sample(model, cond, max_new_tokens=n_new, gamma=gamma, cfg_mode=cfg.cfg_mode, generator=gen,
-                 autocast=autocast)
+    out = sample(model, cond, max_new_tokens=n_new, gamma=gamma, temperature=temperature, cfg_mode=cfg.cfg_mode,
+                 generator=gen, autocast=autocast)
     seqs = out.sequences()
     completions = student.decode(seqs)
     res = {f"{prefix}/mean_length": float(out.lengths.float().mean()),
@@ -70,7 +70,8 @@ def quick_eval(student, teacher, prompts, cfg, judges, domain, restrict: VocabRe
         mask = generated_mask(out.lengths, out.tokens.shape[1])
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
             s = restrict.logprobs(model(x, cond))
-            t = restrict.logprobs(guided_sequence_logprobs(teacher.model, x, cond, cfg.gamma, cfg.cfg_mode))
+            t = restrict.logprobs(guided_sequence_logprobs(teacher.model, x, cond, cfg.gamma, cfg.cfg_mode,
+                                                           cfg.teacher_temperature))
         res[f"{prefix}/kl_teacher"] = float(distillation_loss(s, t, mask, "reverse_kl"))
     if judges.diversity is not None and G >= 2:
         emb, valid = judges.diversity.embed_with_mask(completions)
