@@ -146,11 +146,12 @@ def choose_gamma(results_file: Path) -> tuple[float, dict[float, float]]:
 
 def student_dir(root: Path, beta: float, seed: int, recipe: Candidate | None = None) -> Path:
     """A student's folder: ``ft_beta{β}`` for seed 0 (as a single-seed demo writes it), ``ft_beta{β}_s{seed}``;
-    a diversity student (β > 0) of another ``recipe`` than the paper's (additive, G=2, reverse KL, the
-    preset's teacher, tokens and steps) carries its suffixes, e.g. ``ft_beta5_mult``,
-    ``ft_beta5_g4_fkl_t3_s1`` (never mistaken for a cached student of another recipe)."""
+    a diversity student (its ``recipe`` given) of another recipe than the paper's (additive, G=2, reverse KL,
+    the preset's teacher, tokens and steps) carries its suffixes, e.g. ``ft_beta5_mult``,
+    ``ft_beta5_g4_fkl_t3_s1``, ``ft_beta0_hot1.3`` (never mistaken for a cached student of another recipe,
+    nor a hot β=0 recipe for the β=0 student)."""
     name = f"ft_beta{beta:g}"
-    if recipe is not None and (beta > 0 or recipe.teacher_temperature != 1.0):  # a hot β=0 recipe is not ft_beta0
+    if recipe is not None:
         name += ("" if recipe.form == "additive" else f"_{FORMS[recipe.form]}") + recipe.modifiers
     return root / (name if seed == 0 else f"{name}_s{seed}")
 
@@ -188,7 +189,7 @@ def run_demo(preset: str = "demo", root: str | None = None, data_root: str = "da
         from divcfg.recipe import parse_candidates
         cands = parse_candidates(recipe, "--recipe")
         if len(cands) != 1:
-            raise UserError(f"--recipe takes one form:β[:gG][:fkl][:tγ][:nN][:sN][:meter|key][:fromb0] item, e.g. additive:5:g4:fkl: got {recipe!r}")
+            raise UserError(f"--recipe takes one form:β[:gG][:fkl][:tγ][:hotτ][:nN][:sN][:meter|key][:fromb0] item, e.g. additive:5:g4:fkl: got {recipe!r}")
         p = dataclasses.replace(p, recipe=cands[0])
     seeds = tuple(seeds) if seeds else p.seeds
     if beta is not None:
@@ -267,15 +268,15 @@ def run_demo(preset: str = "demo", root: str | None = None, data_root: str = "da
     students = {"quality": [], "diversity": []}   # one β=0 and one β>0 student per seed
     for seed, (role, name, beta) in ((s, x) for s in seeds for x in (("quality", "finetune_beta0", 0.0),
                                                                       ("diversity", "finetune_beta", p.recipe.beta))):
-        out = student_dir(root_dir, beta, seed, p.recipe)
+        recipe = p.recipe if role == "diversity" else None   # the β=0 student is the paper's, whatever the recipe
+        out = student_dir(root_dir, beta, seed, recipe)
         students[role].append(str(out))
         stage(name if seed == 0 else f"{name}_s{seed}", _finished(out),
-              lambda beta=beta, out=out, seed=seed: ["finetune", *_flags(p.finetune), "--base", str(ck["base"]),
-                                                     "--gamma", f"{p.recipe.gamma(gamma) if beta > 0 else gamma:g}",
+              lambda beta=beta, out=out, seed=seed, r=recipe: ["finetune", *_flags(p.finetune), "--base", str(ck["base"]),
+                                                     "--gamma", f"{r.gamma(gamma) if r else gamma:g}",
                                                      "--beta", f"{beta:g}",
-                                                     *(p.recipe.flags() if beta > 0 else []),
-                                                     *(init_from_beta0(root_dir, seed, p.recipe, preset)
-                                                       if beta > 0 else []),
+                                                     *(r.flags() if r else []),
+                                                     *(init_from_beta0(root_dir, seed, r, preset) if r else []),
                                                      "--seed", str(seed), "--embedder", str(ck["embedder"]),
                                                      "--scorer", str(ck["scorer"]), "--data-dir", str(data_dir),
                                                      "--out", str(out), "--resume", *threads], out)
@@ -317,7 +318,7 @@ def add_arguments(parser) -> None:
                              "prompts by `divcfg select`, see README Results); the rest of the preset's recipe stays "
                              "(demo and small: started from the β=0 student); --recipe sets all of it")
     parser.add_argument("--recipe", default=None,
-                        help="the diversity student's recipe in `divcfg select`'s syntax, form:β[:gG][:fkl][:tγ][:nN][:sN][:meter|key][:fromb0] (e.g. "
+                        help="the diversity student's recipe in `divcfg select`'s syntax, form:β[:gG][:fkl][:tγ][:hotτ][:nN][:sN][:meter|key][:fromb0] (e.g. "
                              "additive:5:g4:fkl; default: the preset's, additive:15:fromb0 for demo and small); --beta then overrides its β")
     parser.add_argument("--from-scratch", action="store_true",
                         help="train the base, E and the scorer instead of installing the shipped checkpoints "

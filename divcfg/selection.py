@@ -300,9 +300,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--demo-root", default=None, help="the demo's run folder (default runs/<preset>): its γ* and checkpoints")
     parser.add_argument("--candidates", default="additive:5,additive:10,additive:15,additive:20,additive:40,additive:10:g4,additive:10:t2,"
                         "additive:15:t2,multiplicative:20,multiplicative:40",
-                        help="form:β[:gG][:fkl][:tγ][:nN][:sN][:meter|key][:fromb0] items (form: additive, multiplicative or length; gG: G generations "
+                        help="form:β[:gG][:fkl][:tγ][:hotτ][:nN][:sN][:meter|key][:fromb0] items (form: additive, multiplicative or length; gG: G generations "
                         "per prompt, leave-one-out baseline, 16/G prompts per step; fkl: forward KL to the teacher; "
-                        "tγ: the CFG teacher at γ instead of the demo's γ*; nN: training generations of up to N tokens; sN: N "
+                        "tγ: the CFG teacher at γ instead of the demo's γ*; hotτ: the teacher at temperature τ (β may then be 0); nN: training generations of up to N tokens; sN: N "
                         "training steps; meter/key: diversity paid only to generations keeping the prompt's meter / "
                         "also its key; fromb0: start from the demo's β=0 student of the same seed)")
     parser.add_argument("--out", default="runs/select", help="folder for the candidates, their evaluations and the table")

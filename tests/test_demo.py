@@ -71,6 +71,13 @@ def test_tiny_demo_end_to_end(tmp_path):
         "teacher_temperature": 1.0}
     config = json.loads((root / "eval" / "results.json").read_text())["config"]
     assert config["diversity"] == str(root / "ft_beta15_g4_fkl_t3_n40")
+    # a β=0 recipe with a hotter teacher: its own folder, beside the cached β=0 student, with the teacher's τ
+    r5 = subprocess.run(cmd + ["--recipe", "additive:0:hot1.5"], capture_output=True, text=True, timeout=600)
+    assert r5.returncode == 0, r5.stderr[-2000:]
+    assert "finetune_beta0: cached" in r5.stdout
+    hot = json.loads((root / "ft_beta0_hot1.5" / "checkpoint" / "config.json").read_text())["finetune"]
+    assert (hot["beta"], hot["teacher_temperature"], hot["gamma"]) == (0.0, 1.5, record["gamma_star"])
+    assert json.loads((root / "ft_beta0" / "checkpoint" / "config.json").read_text())["finetune"]["teacher_temperature"] == 1.0
     bad = subprocess.run(cmd + ["--recipe", "additive:15:g3"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and bad.stderr.strip().startswith("error: --recipe takes")
     assert len(bad.stderr.strip().splitlines()) == 1
