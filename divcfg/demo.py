@@ -146,12 +146,12 @@ def choose_gamma(results_file: Path) -> tuple[float, dict[float, float]]:
 
 def student_dir(root: Path, beta: float, seed: int, recipe: Candidate | None = None) -> Path:
     """A student's folder: ``ft_beta{β}`` for seed 0 (as a single-seed demo writes it), ``ft_beta{β}_s{seed}``;
-    a diversity student (its ``recipe`` given) of another recipe than the paper's (additive, G=2, reverse KL,
-    the preset's teacher, tokens and steps) carries its suffixes, e.g. ``ft_beta5_mult``,
+    a diversity student (β > 0, or a β=0 recipe with a hotter teacher) of another ``recipe`` than the paper's
+    (additive, G=2, reverse KL, the preset's teacher, tokens and steps) carries its suffixes, e.g. ``ft_beta5_mult``,
     ``ft_beta5_g4_fkl_t3_s1``, ``ft_beta0_hot1.3`` (never mistaken for a cached student of another recipe,
     nor a hot β=0 recipe for the β=0 student)."""
     name = f"ft_beta{beta:g}"
-    if recipe is not None:
+    if recipe is not None and (beta > 0 or recipe.teacher_temperature != 1.0):  # a hot β=0 recipe: not ft_beta0
         name += ("" if recipe.form == "additive" else f"_{FORMS[recipe.form]}") + recipe.modifiers
     return root / (name if seed == 0 else f"{name}_s{seed}")
 
