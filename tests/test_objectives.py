@@ -202,8 +202,7 @@ def test_a_hotter_teacher_is_the_cfg_logits_over_its_temperature(tiny_model):
     from types import SimpleNamespace
 
     from divcfg.finetune.config import FinetuneConfig
-    from divcfg.finetune.loop import teacher_logprobs
-    from divcfg.finetune.quick_eval import VocabRestriction
+    from divcfg.finetune.quick_eval import VocabRestriction, teacher_logprobs
     from divcfg.guidance import cfg_logits
 
     torch.manual_seed(2)

@@ -25,10 +25,10 @@ from tqdm.auto import tqdm
 
 from divcfg.errors import UserError
 from divcfg.finetune.config import FinetuneConfig
-from divcfg.finetune.quick_eval import VocabRestriction, check_finite, generated_mask, quick_eval
+from divcfg.finetune.quick_eval import (VocabRestriction, check_finite, generated_mask, quick_eval,
+                                       teacher_logprobs)
 from divcfg.finetune.distributed import DataParallel, gather_step_rewards, rank_seed
 from divcfg.finetune.setup import autocast_supported, device_of, load_judges, load_models, make_optimizer, restore
-from divcfg.guidance import guided_sequence_logprobs
 from divcfg.objectives import (RewardBaseline, masked_token_mean, reinforce_surrogate, sequence_logprobs,
                                token_divergence, token_entropy)
 from divcfg.provenance import provenance, seed_everything, write_json_atomic
@@ -47,14 +47,6 @@ def rollout(student, cond, cfg, gen: torch.Generator, autocast: bool, restrict: 
     targets = restrict.columns(out.tokens)                    # y_1..y_L as restricted columns
     mask = generated_mask(out.lengths, out.tokens.shape[1])
     return out, x, targets, mask
-
-
-@torch.no_grad()
-def teacher_logprobs(teacher, x, cond, cfg, autocast: bool, restrict: VocabRestriction) -> torch.Tensor:
-    """The CFG teacher's log-probs over the sampled sequences (teacher forcing), at its temperature τ_T."""
-    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
-        return restrict.logprobs(guided_sequence_logprobs(teacher.model, x, cond, cfg.gamma, cfg.cfg_mode,
-                                                          cfg.teacher_temperature))
 
 
 def reward(judges, domain, student, out_s, texts: list[str], infos: list, cfg, baseline: RewardBaseline,

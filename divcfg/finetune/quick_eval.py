@@ -46,6 +46,14 @@ def check_finite(loss: torch.Tensor, grad_norm: torch.Tensor, step: int, ckpt_di
 
 
 @torch.no_grad()
+def teacher_logprobs(teacher, x, cond, cfg, autocast: bool, restrict: VocabRestriction) -> torch.Tensor:
+    """The CFG teacher's log-probs over the sampled sequences (teacher forcing), at its temperature τ_T."""
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
+        return restrict.logprobs(guided_sequence_logprobs(teacher.model, x, cond, cfg.gamma, cfg.cfg_mode,
+                                                          cfg.teacher_temperature))
+
+
+@torch.no_grad()
 def quick_eval(student, teacher, prompts, cfg, judges, domain, restrict: VocabRestriction, autocast: bool,
                gamma: float = 1.0, prefix: str = "eval", temperature: float = 1.0) -> dict[str, float]:
     """Sample ``eval_samples`` generations per validation prompt from the plug-in ``student`` at
@@ -70,8 +78,7 @@ def quick_eval(student, teacher, prompts, cfg, judges, domain, restrict: VocabRe
         mask = generated_mask(out.lengths, out.tokens.shape[1])
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
             s = restrict.logprobs(model(x, cond))
-            t = restrict.logprobs(guided_sequence_logprobs(teacher.model, x, cond, cfg.gamma, cfg.cfg_mode,
-                                                           cfg.teacher_temperature))
+        t = teacher_logprobs(teacher, x, cond, cfg, autocast, restrict)
         res[f"{prefix}/kl_teacher"] = float(distillation_loss(s, t, mask, "reverse_kl"))
     if judges.diversity is not None and G >= 2:
         emb, valid = judges.diversity.embed_with_mask(completions)
