@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from divcfg.checkpoint import load_training_state
+from divcfg.checkpoint import load_training_state, resolve_checkpoint_dir
 from divcfg.config import add_config_arguments, field, resolve_config
 from divcfg.errors import UserError
 from divcfg.models.base import check_device
@@ -69,6 +69,8 @@ class PretrainConfig:
     eval_pieces: int = field(256, "validation pieces per evaluation", ge=1)
     ckpt_every: int = field(100, "checkpoint every N steps", ge=1)
     bf16: bool = field(True, "bf16 autocast where the CPU/GPU supports it")
+    init: str = field("", "start from this base checkpoint's weights (same architecture and vocabulary), with a "
+                          "fresh optimizer and schedule, e.g. to continue a base on new captions ('' = random init)")
     device: str = field("cpu", "torch device (cpu, cuda, cuda:1, ...)")
     threads: int = field(0, "torch CPU threads (0 = all cores)", ge=0)
     preset: str = field("small", "preset this config came from (informational)")
@@ -186,13 +188,14 @@ def autocast_bf16(enabled: bool, device: torch.device) -> bool:
     return bf16_supported(device.type)
 
 
-def _check_architecture(model: MusicTransformer, mcfg: ModelConfig, ckpt_dir: Path) -> None:
+def _check_architecture(model: MusicTransformer, mcfg: ModelConfig, ckpt_dir: Path, flag: str = "--resume") -> None:
     old, new = model.cfg.to_dict(), mcfg.to_dict()
     for k in ARCHITECTURE:
         if old.get(k) != new.get(k):
             what = "the data set's vocabulary size" if k == "vocab_size" else f"--{k.replace('_', '-')}"
-            raise UserError(f"--resume with a different {what} ({new.get(k)!r}) than the checkpoint in '{ckpt_dir}' "
-                            f"({old.get(k)!r}): pass the same value, or start a new run with another --out")
+            fix = "start a new run with another --out" if flag == "--resume" else "give a checkpoint of that architecture"
+            raise UserError(f"{flag} with a different {what} ({new.get(k)!r}) than the checkpoint in '{ckpt_dir}' "
+                            f"({old.get(k)!r}): pass the same value, or {fix}")
 
 
 def train(cfg: PretrainConfig, resume: bool = False) -> Path:
@@ -234,6 +237,11 @@ def train(cfg: PretrainConfig, resume: bool = False) -> Path:
         if resume:
             print(f"no checkpoint in '{ckpt_dir}' yet: starting from scratch")
         model, state = MusicTransformer(mcfg).to(device), None
+        if cfg.init:
+            init_dir = resolve_checkpoint_dir(cfg.init)
+            model, _ = load_generator(init_dir, device=cfg.device)
+            _check_architecture(model, mcfg, init_dir, flag="--init")
+            model.train()
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
@@ -251,7 +259,8 @@ def train(cfg: PretrainConfig, resume: bool = False) -> Path:
     autocast = autocast_bf16(cfg.bf16, device)
     manifest_hash = file_hash(data_dir / "manifest.json")
     record = {"pretrain": dataclasses.asdict(cfg), "bf16": autocast, "data_manifest_hash": manifest_hash,
-              "data_dir": str(data_dir), "parameters": model.num_parameters()}
+              "data_dir": str(data_dir), "parameters": model.num_parameters(),
+              "init_weights_sha256": file_hash(resolve_checkpoint_dir(cfg.init) / "model.safetensors") if cfg.init else None}
     out.mkdir(parents=True, exist_ok=True)
     clear_finished(out)
     metrics_file = out / "metrics.jsonl"

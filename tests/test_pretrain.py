@@ -106,3 +106,27 @@ def test_step_bounded_run_is_not_cut_short(tiny_data_dir, tmp_path):
     marker = read_marker(tmp_path)
     assert marker["finished"] and marker["cut_short"] is None and marker["steps_done"] == 5
 
+
+
+def test_init_starts_from_a_checkpoints_weights(tiny_base, tiny_data_dir, tmp_path):
+    """--init loads a base's weights into a fresh run: with no steps the run saves exactly those
+    weights (a random init would differ: they were trained 120 steps), records the init's sha256, and a few steps then move them."""
+    import torch
+
+    from divcfg.provenance import file_hash
+
+    init = str(tiny_base / "checkpoint")
+    train(_cfg(tiny_data_dir, tmp_path / "zero", max_steps=0, init=init))
+    a, _ = load_generator(tiny_base)
+    b, cfg = load_generator(tmp_path / "zero")
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert cfg["init_weights_sha256"] == file_hash(Path(init) / "model.safetensors")
+    moved, _ = load_generator(train(_cfg(tiny_data_dir, tmp_path / "moved", max_steps=3, init=init, lr=1e-3)))
+    assert any(not torch.equal(x, y) for x, y in zip(a.state_dict().values(), moved.state_dict().values()))
+
+
+def test_init_with_another_architecture_is_one_line_error(tiny_base, tiny_data_dir, tmp_path):
+    r = _cli("pretrain", "--preset", "tiny", "--data-dir", str(tiny_data_dir), "--out", str(tmp_path / "o"),
+             "--init", str(tiny_base), "--d-model", "32", "--max-steps", "1", "--threads", "1")
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "--init with a different --d-model" in lines[0], r.stderr

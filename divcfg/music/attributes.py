@@ -17,6 +17,10 @@ a miss. NaN when no caption of the system's prompts names the attribute.
   count (``captions.length_word``: short ≤ 16, medium-length 17–40, long > 40), scored where the caption
   names either a bar count or a length word.
 
+- ``attr_register``, ``attr_range``, ``attr_motion``, ``attr_steps``: a *rich* caption's descriptors
+  (`divcfg.music.descriptors`): the generation's statistic lies in the band the caption names
+  ("in a high register": median pitch ≥ 73). These columns appear only where some caption names one.
+
 Not scored: tempo words (the tokens carry no tempo) and the number of voices (one track per piece).
 """
 
@@ -26,7 +30,9 @@ import math
 import re
 from typing import Sequence
 
-ATTRIBUTE_COLUMNS = ("attr_key_exact", "attr_key_relative", "attr_meter", "attr_bars_exact", "attr_length_word")
+DESCRIPTOR_COLUMNS = ("attr_register", "attr_range", "attr_motion", "attr_steps")
+ATTRIBUTE_COLUMNS = ("attr_key_exact", "attr_key_relative", "attr_meter", "attr_bars_exact", "attr_length_word",
+                     *DESCRIPTOR_COLUMNS)
 LENGTH_WORDS = ("short", "medium-length", "long")
 
 
@@ -66,6 +72,8 @@ def asked(text: str, meta: dict) -> dict:
     elif "bars" in out:
         from divcfg.music.captions import length_word
         out["length_word"] = length_word(out["bars"])
+    from divcfg.music import descriptors
+    out.update({f"descriptor_{k}": v for k, v in descriptors.asked(text).items()})
     return out
 
 
@@ -73,6 +81,7 @@ def attribute_accuracy(tokenizer, seqs: Sequence[Sequence[int]], texts: Sequence
                        metas: Sequence[dict]) -> dict[str, float]:
     """The ``ATTRIBUTE_COLUMNS`` rates of generations ``seqs`` (row r asked for by ``texts[r]``, ``metas[r]``)."""
     from divcfg.music.captions import estimate_key, length_word
+    from divcfg.music.descriptors import band, values
     from divcfg.music.metrics import token_validity
     from divcfg.music.pianoroll import score_notes
     from divcfg.music.tokenizer import tokens_to_score
@@ -84,9 +93,16 @@ def attribute_accuracy(tokenizer, seqs: Sequence[Sequence[int]], texts: Sequence
         if not want:
             continue
         n_bars = sum(1 for t in ids if t == bar_id)
-        if "key" in want:
+        named = [k for k in want if k.startswith("descriptor_")]
+        if "key" in want or named:
             score = tokens_to_score(tokenizer, list(ids))
             notes = score_notes(score) if score is not None else []
+        if named:
+            stats = values(notes) if len(notes) else None
+            for k in named:
+                name = k.removeprefix("descriptor_")
+                hits[f"attr_{name}"].append(stats is not None and band(name, stats[name]) == want[k])
+        if "key" in want:
             got = parse_key(estimate_key([(o, p, d) for o, d, p in notes.tolist()])) if len(notes) else None
             hits["attr_key_exact"].append(got == want["key"])
             hits["attr_key_relative"].append(got is not None and same_collection(got, want["key"]))
@@ -96,4 +112,5 @@ def attribute_accuracy(tokenizer, seqs: Sequence[Sequence[int]], texts: Sequence
             hits["attr_bars_exact"].append(n_bars == want["bars"])
         if "length_word" in want:
             hits["attr_length_word"].append(n_bars > 0 and length_word(n_bars) == want["length_word"])
-    return {c: (sum(v) / len(v) if v else math.nan) for c, v in hits.items()}
+    return {c: (sum(v) / len(v) if v else math.nan) for c, v in hits.items()
+            if v or c not in DESCRIPTOR_COLUMNS}

@@ -333,9 +333,18 @@ def _variants(f: dict) -> list[str]:
 
 
 def captions(meta: dict, piece_id: str, n_variants: int = 3) -> list[str]:
-    """[canonical] + up to ``n_variants`` distinct reworded variants, deterministic in piece_id."""
+    """[canonical] + up to ``n_variants`` distinct reworded variants, deterministic in piece_id.
+
+    A *rich* piece (``meta["descriptors"]``, `divcfg.music.descriptors`) has its descriptors' phrases
+    appended: all of them to the canonical caption, each with probability 0.6 to a variant."""
     first = canonical_caption(meta)
     pool = [v for v in dict.fromkeys(_variants(_facts(meta))) if v != first]
     seed = int.from_bytes(hashlib.sha1(piece_id.encode()).digest()[:8], "big")
-    random.Random(seed).shuffle(pool)
-    return [first] + pool[:n_variants]
+    rng = random.Random(seed)
+    rng.shuffle(pool)
+    out = [first] + pool[:n_variants]
+    if meta.get("descriptors") is None:
+        return out
+    from divcfg.music.descriptors import phrases
+    words = phrases(meta["descriptors"])
+    return [", ".join([text] + [w for w in words if i == 0 or rng.random() < 0.6]) for i, text in enumerate(out)]

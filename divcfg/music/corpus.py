@@ -37,12 +37,15 @@ from pathlib import Path
 from divcfg.errors import UserError
 from divcfg.music import captions as cap
 from divcfg.music import tokenizer as tk
+from divcfg.music.descriptors import describe
+from divcfg.music.pianoroll import score_notes
 from divcfg.music.dataset import SPLIT_BOUNDS, SPLITS, split_key, split_of
 from divcfg.music.extract import MIN_NOTES
 from divcfg.music.sources import (COLLECTIONS, EXCLUDE, PARSEABLE, corpus_root, parse_file,
                                   worker_tokenizer)
 
 PIPELINE_VERSION = 5
+CAPTION_STYLES = ("standard", "rich")
 
 PRESETS = {
     "tiny": {"files": ["oneills1850/0001-0050.abc", "oneills1850/0721-0730.abc",
@@ -116,15 +119,21 @@ def windows(tokens: list[int], bar_id: int, timesig_ids: set[int], max_tokens: i
 
 # ================================================================ build
 def build(preset: str, data_dir: str | os.PathLike = "data", workers: int | None = None, force: bool = False,
-          extra_files: list[str | os.PathLike] | None = None, quiet: bool = False) -> Path:
-    """Build (or reuse) ``<data_dir>/<preset>/``; returns that folder."""
+          extra_files: list[str | os.PathLike] | None = None, quiet: bool = False, captions: str = "standard") -> Path:
+    """Build (or reuse) ``<data_dir>/<preset>/`` (``<preset>_rich/`` for rich captions); returns that folder.
+
+    ``captions="rich"``: every piece's meta gains ``descriptors`` (`divcfg.music.descriptors`: register,
+    range, motion, steps where they stand out) and its captions name them; pieces, tokens and splits
+    are those of the standard build."""
     from tqdm import tqdm
 
     from divcfg.provenance import provenance, write_json_atomic
 
     if preset not in PRESETS:
         raise UserError(f"unknown preset '{preset}': choose one of {', '.join(PRESETS)}")
-    out_dir = Path(data_dir) / preset
+    if captions not in CAPTION_STYLES:
+        raise UserError(f"unknown caption style '{captions}': choose one of {', '.join(CAPTION_STYLES)}")
+    out_dir = Path(data_dir) / (preset if captions == "standard" else f"{preset}_{captions}")
     spec = PRESETS[preset]
     files = preset_files(preset)
     root = corpus_root()
@@ -141,6 +150,8 @@ def build(preset: str, data_dir: str | os.PathLike = "data", workers: int | None
                       "time_signature_range": tk.TIME_SIGNATURE_RANGE, "vocab_size": len(tok)},
         "inputs": [rel for _, rel, _ in jobs], "music21_corpus": str(root),
     }
+    if captions != "standard":  # the standard build's config (and so its cache) stays as it was
+        config["captions"] = captions
     manifest_path = out_dir / "manifest.json"
     if manifest_path.exists() and not force:
         try:
@@ -214,6 +225,8 @@ def build(preset: str, data_dir: str | os.PathLike = "data", workers: int | None
                     meta["window"] = w
                     meta["n_bars"] = sum(1 for t in wt if t == bar_id)
                     meta["n_notes"] = sum(1 for t in wt if tok[t].startswith("Pitch_"))
+                if captions == "rich":
+                    meta["descriptors"] = describe(score_notes(tk.tokens_to_score(tok, wt)))
                 rows[split].append({"id": pid, "collection": p["collection"],
                                     "captions": cap.captions(meta, pid), "meta": meta, "tokens": wt})
 
@@ -243,7 +256,7 @@ def build(preset: str, data_dir: str | os.PathLike = "data", workers: int | None
         "file_errors": file_errors,
         "n_files": len(jobs), "workers": workers,
         "elapsed_s": {"parse": round(parse_s, 1), "total": round(time.time() - t0, 1)},
-        "provenance": provenance(None, command=f"divcfg data --preset {preset}"),
+        "provenance": provenance(None, command=f"divcfg data --preset {preset}" + ("" if captions == "standard" else f" --captions {captions}")),
     }
     write_json_atomic(tmp_dir / "manifest.json", manifest)
     if out_dir.exists():
@@ -274,6 +287,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from divcfg.config import arg_type
     parser.add_argument("--workers", type=arg_type(int, ge=0), default=0, help="parallel parser processes (default: CPU count)")
     parser.add_argument("--force", action="store_true", help="rebuild even if the cache is up to date")
+    parser.add_argument("--captions", choices=CAPTION_STYLES, default="standard",
+                        help="rich: captions also name each piece's register, range, motion and melodic steps "
+                             "where they stand out (divcfg.music.descriptors), written to DATA_DIR/PRESET_rich "
+                             "(default: standard)")
     parser.add_argument("--extra-file", action="append", default=[], help=argparse.SUPPRESS)
 
 
@@ -281,4 +298,5 @@ def run(args: argparse.Namespace) -> None:
     for f in args.extra_file:
         if not Path(f).exists():
             raise UserError(f"extra input '{f}' does not exist: give an existing file")
-    build(args.preset, args.data_dir, workers=args.workers or None, force=args.force, extra_files=args.extra_file)
+    build(args.preset, args.data_dir, workers=args.workers or None, force=args.force, extra_files=args.extra_file,
+          captions=args.captions)
