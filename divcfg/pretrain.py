@@ -193,7 +193,8 @@ def _check_architecture(model: MusicTransformer, mcfg: ModelConfig, ckpt_dir: Pa
     for k in ARCHITECTURE:
         if old.get(k) != new.get(k):
             what = "the data set's vocabulary size" if k == "vocab_size" else f"--{k.replace('_', '-')}"
-            fix = "start a new run with another --out" if flag == "--resume" else "give a checkpoint of that architecture"
+            fix = ("start a new run with another --out" if flag == "--resume"
+                   else "give a checkpoint of that architecture")
             raise UserError(f"{flag} with a different {what} ({new.get(k)!r}) than the checkpoint in '{ckpt_dir}' "
                             f"({old.get(k)!r}): pass the same value, or {fix}")
 
@@ -202,6 +203,7 @@ def train(cfg: PretrainConfig, resume: bool = False) -> Path:
     from divcfg.domains.base import load_domain
 
     domain = load_domain(data_dir=cfg.data_dir)   # the music testbed's data set (checked to exist)
+    init_dir = resolve_checkpoint_dir(cfg.init) if cfg.init else None   # checked before the data is loaded
     data_dir = domain.data_dir
     device = check_device(cfg.device)
     if cfg.threads:
@@ -237,8 +239,7 @@ def train(cfg: PretrainConfig, resume: bool = False) -> Path:
         if resume:
             print(f"no checkpoint in '{ckpt_dir}' yet: starting from scratch")
         model, state = MusicTransformer(mcfg).to(device), None
-        if cfg.init:
-            init_dir = resolve_checkpoint_dir(cfg.init)
+        if init_dir is not None:
             model, _ = load_generator(init_dir, device=cfg.device)
             _check_architecture(model, mcfg, init_dir, flag="--init")
             model.train()
@@ -260,7 +261,7 @@ def train(cfg: PretrainConfig, resume: bool = False) -> Path:
     manifest_hash = file_hash(data_dir / "manifest.json")
     record = {"pretrain": dataclasses.asdict(cfg), "bf16": autocast, "data_manifest_hash": manifest_hash,
               "data_dir": str(data_dir), "parameters": model.num_parameters(),
-              "init_weights_sha256": file_hash(resolve_checkpoint_dir(cfg.init) / "model.safetensors") if cfg.init else None}
+              "init_weights_sha256": file_hash(init_dir / "model.safetensors") if init_dir else None}
     out.mkdir(parents=True, exist_ok=True)
     clear_finished(out)
     metrics_file = out / "metrics.jsonl"

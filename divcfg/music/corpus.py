@@ -37,10 +37,10 @@ from pathlib import Path
 from divcfg.errors import UserError
 from divcfg.music import captions as cap
 from divcfg.music import tokenizer as tk
-from divcfg.music.descriptors import describe
-from divcfg.music.pianoroll import score_notes
 from divcfg.music.dataset import SPLIT_BOUNDS, SPLITS, split_key, split_of
+from divcfg.music.descriptors import describe
 from divcfg.music.extract import MIN_NOTES
+from divcfg.music.pianoroll import score_notes
 from divcfg.music.sources import (COLLECTIONS, EXCLUDE, PARSEABLE, corpus_root, parse_file,
                                   worker_tokenizer)
 
@@ -256,7 +256,8 @@ def build(preset: str, data_dir: str | os.PathLike = "data", workers: int | None
         "file_errors": file_errors,
         "n_files": len(jobs), "workers": workers,
         "elapsed_s": {"parse": round(parse_s, 1), "total": round(time.time() - t0, 1)},
-        "provenance": provenance(None, command=f"divcfg data --preset {preset}" + ("" if captions == "standard" else f" --captions {captions}")),
+        "provenance": provenance(None, command=f"divcfg data --preset {preset}"
+                                 + ("" if captions == "standard" else f" --captions {captions}")),
     }
     write_json_atomic(tmp_dir / "manifest.json", manifest)
     if out_dir.exists():
