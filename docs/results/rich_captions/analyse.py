@@ -58,6 +58,41 @@ def bootstrap(x: np.ndarray, n: int = 1000, seed: int = 0) -> tuple[float, float
     return float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
 
 
+def room(root: Path) -> dict | None:
+    """Stage 1b: every CFG and hot-CFG point against the base (paired over prompts), judged by the rich
+    scorer, and the room: the best-quality point whose diversity is at least the base's."""
+    runs = [root / f"room_g{g}" for g in (2, 3) if (root / f"room_g{g}" / "results.json").exists()]
+    if not runs:
+        return None
+    rows, base = {}, None
+    for run in runs:
+        systems = json.loads((run / "results.json").read_text())["systems"]
+        base = next(s for s in systems if s["name"] == "base")
+        for s in systems:
+            row = {k: s.get(k) for k in ("label", "gamma", "temperature", "quality", "diversity", *POOLED) if k in s}
+            for m in ("quality", "diversity"):
+                d = np.array(s["per_prompt"][m]) - np.array(base["per_prompt"][m])
+                row[f"d_{m}"] = [float(d.mean()), *bootstrap(d)]
+            rows[s["name"]] = row
+    wide = [n for n, r in rows.items() if n != "base" and r["diversity"] >= rows["base"]["diversity"]]
+    best = max(wide, key=lambda n: rows[n]["quality"]) if wide else None
+    return {"systems": rows, "room": {"system": best, "d_quality": rows[best]["d_quality"] if best else None},
+            "interpolated": interpolated_room(rows)}
+
+
+def interpolated_room(rows: dict) -> float | None:
+    """Not the plan's figure: each γ's τ curve, linearly interpolated at the base's diversity, minus the
+    base's quality; the larger over γ (None where no curve brackets the base's diversity)."""
+    d0, q0, best = rows["base"]["diversity"], rows["base"]["quality"], None
+    for g in sorted({r["gamma"] for n, r in rows.items() if n != "base"}):
+        pts = sorted((r["diversity"], r["quality"]) for n, r in rows.items() if n != "base" and r["gamma"] == g)
+        for (da, qa), (db, qb) in zip(pts, pts[1:]):
+            if da <= d0 <= db and db > da:
+                q = qa + (qb - qa) * (d0 - da) / (db - da) - q0
+                best = q if best is None else max(best, q)
+    return best
+
+
 def main(root: Path) -> None:
     out: dict = {"nll": {}, "systems": {}, "gain": {}}
     for name in ("step0_control", "step0_rich", "control", "rich"):
@@ -81,6 +116,7 @@ def main(root: Path) -> None:
     lo, hi = bootstrap(d)
     out["rich_minus_control"] = {"mean": float(d.mean()), "ci95": [lo, hi], "prompts": len(common)}
     out["rule"] = {"margin": MARGIN, "passes": bool(d.mean() >= MARGIN and lo > 0)}
+    out["stage_1b"] = room(root)
     (Path(__file__).parent / "summary.json").write_text(json.dumps(out, indent=1) + "\n")
 
     print("| base (validation, all pieces) | step | NLL with / without prompt | prompt's share, nats/token |")
@@ -102,6 +138,63 @@ def main(root: Path) -> None:
     r = out["rich_minus_control"]
     print(f"- rich − control (paired by piece): {r['mean']:+.3f} [{lo:+.3f}, {hi:+.3f}] over {r['prompts']} prompts; "
           f"the rule (≥ {MARGIN} with the interval above 0) {'passes' if out['rule']['passes'] else 'does not pass'}")
+    print_room(out["stage_1b"])
+    plot(out, Path(__file__).parent / "plane.png")
+
+
+def plot(out: dict, png: Path) -> None:
+    """Left: attribute accuracy at γ = 1 and 3 for both bases; right: stage 1b's plane."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2 if out.get("stage_1b") else 1, figsize=(12, 4.2), squeeze=False)
+    ax = axes[0][0]
+    cols = [c for c in POOLED if any(c in s for s in out["systems"].values())]
+    bars = [("control/base", "control γ=1"), ("control/cfg_g3", "control CFG γ=3"),
+            ("rich/base", "rich γ=1"), ("rich/cfg_g3", "rich CFG γ=3")]
+    width = 0.8 / len(bars)
+    for i, (key, label) in enumerate(bars):
+        ys = [out["systems"][key].get(c, np.nan) for c in cols]
+        ax.bar(np.arange(len(cols)) + (i - 1.5) * width, ys, width, label=label,
+               color=["#9ecae1", "#3182bd", "#fdae6b", "#e6550d"][i])
+    ax.set_xticks(range(len(cols)), [c.removeprefix("attr_").replace("_", " ") for c in cols], rotation=30)
+    ax.set_ylabel("share of generations that hit")
+    ax.set_title("attribute accuracy, 128 validation prompts × 4")
+    ax.legend(fontsize=8)
+    if out.get("stage_1b"):
+        ax = axes[0][1]
+        rows = out["stage_1b"]["systems"]
+        for g, colour in ((2.0, "#3182bd"), (3.0, "#e6550d")):
+            pts = sorted((r["temperature"], r["diversity"], r["quality"]) for r in rows.values() if r["gamma"] == g)
+            ax.plot([p[1] for p in pts], [p[2] for p in pts], "o-", color=colour, label=f"CFG γ={g:g}, τ = 1 … 1.45")
+        b = rows["base"]
+        ax.plot([b["diversity"]], [b["quality"]], "k*", ms=12, label="rich base (γ=1)")
+        ax.set_xlabel("diversity (E)")
+        ax.set_ylabel("quality (scorer trained on the rich captions)")
+        ax.set_title("stage 1b: hot CFG against the base")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+
+
+def print_room(r: dict | None) -> None:
+    if r is None:
+        return
+    ci = lambda v: f"{v[0]:+.3f} [{v[1]:+.3f}, {v[2]:+.3f}]"  # noqa: E731
+    print("\n| stage 1b: rich base, rich scorer | quality | diversity | Δ quality vs base [95%] | "
+          "Δ diversity vs base [95%] | register | range | motion | steps |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, s in sorted(r["systems"].items(), key=lambda kv: (kv[1]["gamma"], kv[1]["temperature"])):
+        attrs = " | ".join(f"{s[c]:.0%}" if c in s else "" for c in POOLED[4:])
+        print(f"| {s['label']} | {s['quality']:.3f} | {s['diversity']:.3f} | "
+              + (f"{ci(s['d_quality'])} | {ci(s['d_diversity'])}" if name != "base" else " | ") + f" | {attrs} |")
+    room_ = r["room"]
+    print(f"\n- room: {room_['system']} " + (f"{ci(room_['d_quality'])} of quality at no less diversity than the base"
+                                           if room_["system"] else "none: every CFG point is less diverse than the base"))
+    if r["interpolated"] is not None:
+        print(f"- not the plan's figure: the hot-CFG curve interpolated at the base's diversity is "
+              f"{r['interpolated']:+.3f} of quality above the base")
 
 
 if __name__ == "__main__":
