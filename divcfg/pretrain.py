@@ -239,7 +239,7 @@ def train(cfg: PretrainConfig, resume: bool = False) -> Path:
         if resume:
             print(f"no checkpoint in '{ckpt_dir}' yet: starting from scratch")
         model, state = MusicTransformer(mcfg).to(device), None
-        if init_dir is not None:
+        if init_dir is not None:  # after the random init, so the run's RNG stream is a fresh run's
             model, _ = load_generator(init_dir, device=cfg.device)
             _check_architecture(model, mcfg, init_dir, flag="--init")
             model.train()
