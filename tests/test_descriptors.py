@@ -101,3 +101,15 @@ def test_descriptor_accuracy_scores_pieces_against_their_own_captions(rich_dir):
     assert not any(c in std for c in DESCRIPTOR_COLUMNS)       # no caption names one: no column
     empty = attribute_accuracy(tok, [[]], ["a tune in a high register"], [{}])
     assert empty["attr_register"] == 0.0
+
+
+def test_report_names_the_descriptor_columns_only_where_a_run_has_them():
+    from divcfg.domains.music_report import MusicSection
+
+    section = MusicSection()
+    rich = {"systems": [{"label": "base", "attr_key_relative": 0.6, "attr_register": 0.47, "attr_steps": 0.4}]}
+    plain = {"systems": [{"label": "base", "attr_key_relative": 0.6}]}
+    assert section.attribute_columns(rich) == ["attr_key_relative", "attr_register", "attr_steps"]
+    assert [c.key for c in section.extra_columns(rich)][-2:] == ["attr_register", "attr_steps"]
+    assert "median pitch ≥ 73" in str(section.table_note(rich))
+    assert "register" not in str(section.table_note(plain)) and section.attribute_columns(plain) == ["attr_key_relative"]

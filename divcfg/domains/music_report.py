@@ -38,7 +38,11 @@ EOS: ended by itself; length in tokens. Musical distance: mean over the MusPy-st
 |mean − corpus mean| / corpus std (0 = like the held-out corpus).{% if attributes %} Attribute accuracy (domain
 figures): the share of generations that have what their caption asks for, over the captions that name it — key
 exact (tonic and mode of the Krumhansl–Schmuckler estimate) and relative (same diatonic collection, e.g. the relative
-major/minor), meter (every bar keeps the requested time signature), bars exact and length word (short/medium/long).{% endif %}"""
+major/minor), meter (every bar keeps the requested time signature), bars exact and length word (short/medium/long).{%
+if "attr_register" in attributes or "attr_range" in attributes or "attr_motion" in attributes
+or "attr_steps" in attributes %} Register, range, motion and steps (rich captions): the generation's median pitch,
+ambitus, onsets per quarter note or share of melodic steps lies in the band its caption names (divcfg.music.descriptors,
+e.g. "in a high register": median pitch ≥ 73).{% endif %}{% endif %}"""
 
 PLANE_NOTE = """{% if corpus and corpus.alignment_real is not none %} The dotted line is the
 alignment score of the real held-out pieces for the same prompts ({{ fmt(corpus.alignment_real) }});
