@@ -167,7 +167,8 @@ def plot(out: dict, png: Path) -> None:
         rows = out["stage_1b"]["systems"]
         for g, colour in ((2.0, "#3182bd"), (3.0, "#e6550d")):
             pts = sorted((r["temperature"], r["diversity"], r["quality"]) for r in rows.values() if r["gamma"] == g)
-            ax.plot([p[1] for p in pts], [p[2] for p in pts], "o-", color=colour, label=f"CFG γ={g:g}, τ = 1 … 1.45")
+            ax.plot([p[1] for p in pts], [p[2] for p in pts], "o-", color=colour,
+                    label=f"CFG γ={g:g}, τ = 1 … 1.45")
         b = rows["base"]
         ax.plot([b["diversity"]], [b["quality"]], "k*", ms=12, label="rich base (γ=1)")
         ax.set_xlabel("diversity (E)")
@@ -190,8 +191,9 @@ def print_room(r: dict | None) -> None:
         print(f"| {s['label']} | {s['quality']:.3f} | {s['diversity']:.3f} | "
               + (f"{ci(s['d_quality'])} | {ci(s['d_diversity'])}" if name != "base" else " | ") + f" | {attrs} |")
     room_ = r["room"]
-    print(f"\n- room: {room_['system']} " + (f"{ci(room_['d_quality'])} of quality at no less diversity than the base"
-                                           if room_["system"] else "none: every CFG point is less diverse than the base"))
+    none = "none: every CFG point is less diverse than the base"
+    print(f"\n- room: {room_['system']} "
+          + (f"{ci(room_['d_quality'])} of quality at no less diversity than the base" if room_["system"] else none))
     if r["interpolated"] is not None:
         print(f"- not the plan's figure: the hot-CFG curve interpolated at the base's diversity is "
               f"{r['interpolated']:+.3f} of quality above the base")
