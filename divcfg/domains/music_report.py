@@ -39,8 +39,7 @@ EOS: ended by itself; length in tokens. Musical distance: mean over the MusPy-st
 figures): the share of generations that have what their caption asks for, over the captions that name it — key
 exact (tonic and mode of the Krumhansl–Schmuckler estimate) and relative (same diatonic collection, e.g. the relative
 major/minor), meter (every bar keeps the requested time signature), bars exact and length word (short/medium/long).{%
-if "attr_register" in attributes or "attr_range" in attributes or "attr_motion" in attributes
-or "attr_steps" in attributes %} Register, range, motion and steps (rich captions): the generation's median pitch,
+if descriptors %} Register, range, motion and steps (rich captions): the generation's median pitch,
 ambitus, onsets per quarter note or share of melodic steps lies in the band its caption names (divcfg.music.descriptors,
 e.g. "in a high register": median pitch ≥ 73).{% endif %}{% endif %}"""
 
@@ -166,7 +165,10 @@ class MusicSection(ReportSection):
         return render_fragment(PLANE_NOTE, corpus=results.get("corpus"))
 
     def table_note(self, results: dict) -> Markup:
-        return render_fragment(TABLE_NOTE, attributes=self.attribute_columns(results))
+        from divcfg.music.attributes import DESCRIPTOR_COLUMNS
+        attributes = self.attribute_columns(results)
+        return render_fragment(TABLE_NOTE, attributes=attributes,
+                               descriptors=any(c in DESCRIPTOR_COLUMNS for c in attributes))
 
     def extra_tables(self, results: dict) -> Markup:
         return render_fragment(METRICS_TABLE, corpus=results.get("corpus"), systems=results["systems"])
